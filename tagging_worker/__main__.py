@@ -1,0 +1,3 @@
+from tagging_worker.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""The one place that talks to Alibaba Cloud: `UpdateOutboundCallTags` through the tea-openapi SDK.
+
+The SDK reports failures in four exception types and one success-shaped body; callers get a
+single small result instead, already classified, so retry decisions never touch SDK types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_credentials.exceptions import CredentialException
+from alibabacloud_openapi_util.client import Client as OpenApiUtilClient
+from alibabacloud_tea_openapi import models as open_api_models
+from alibabacloud_tea_openapi.client import Client as OpenApiClient
+from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
+from alibabacloud_tea_util import models as util_models
+from darabonba.exceptions import UnretryableException
+
+from tagging_worker.classify import FailureKind, classify
+from tagging_worker.settings import Settings
+
+ACTION = "UpdateOutboundCallTags"
+API_VERSION = "2025-11-27"
+CREDENTIALS_MISSING = "InvalidCredentials"
+
+
+@dataclass(frozen=True)
+class ApiSuccess:
+    request_id: str | None
+    duration: float
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    kind: FailureKind
+    code: str
+    message: str
+    http_status: int | None
+    request_id: str | None
+    duration: float
+    retry_after: float | None = None
+    """Seconds the API asked us to wait (`x-acs-retry-after`), when it said so."""
+
+
+ApiResult = ApiSuccess | ApiFailure
+
+
+class TagsApi:
+    """A process-wide client; the SDK pools connections per host and is safe across threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._overrides = settings.error_codes
+        self._client = OpenApiClient(_sdk_config(settings))
+        self._params = open_api_models.Params(
+            style="RPC",
+            version=API_VERSION,
+            action=ACTION,
+            method="POST",
+            pathname="/",
+            protocol=settings.api_protocol.value.upper(),
+            auth_type="AK",
+            req_body_type="json",
+            body_type="json",
+        )
+        # SDK retries stay off (no retry_options): the queue retries, with backoff we control.
+        self._runtime = util_models.RuntimeOptions()
+
+    def update_tags(self, call_id: str, tags_json: str) -> ApiResult:
+        request = open_api_models.OpenApiRequest(
+            query=OpenApiUtilClient.query({"CallId": call_id, "Tags": tags_json})
+        )
+        started = time.monotonic()
+        try:
+            response = self._client.call_api(self._params, request, self._runtime)
+        except AlibabaCloudException as exc:
+            return self._failure_from_response_error(exc, time.monotonic() - started)
+        except UnretryableException as exc:
+            return self._failure_from_transport_error(exc, time.monotonic() - started)
+        return self._result_from_body(response.get("body"), time.monotonic() - started)
+
+    def _failure_from_response_error(
+        self, exc: AlibabaCloudException, duration: float
+    ) -> ApiFailure:
+        code = exc.code if exc.code not in (None, "", "None") else "Unknown"
+        retry_after = getattr(exc, "retry_after", None)
+        return ApiFailure(
+            kind=classify(code, exc.status_code, overrides=self._overrides),
+            code=code,
+            message=exc.message or "",
+            http_status=exc.status_code,
+            request_id=exc.request_id if exc.request_id not in (None, "None") else None,
+            duration=duration,
+            retry_after=retry_after / 1000 if retry_after else None,
+        )
+
+    def _failure_from_transport_error(
+        self, exc: UnretryableException, duration: float
+    ) -> ApiFailure:
+        inner = exc.inner_exception
+        if isinstance(inner, CredentialException):
+            code = CREDENTIALS_MISSING
+        else:
+            code = f"Network.{type(inner).__name__}"
+        return ApiFailure(
+            kind=classify(code, None, overrides=self._overrides),
+            code=code,
+            message=_one_line(inner),
+            http_status=None,
+            request_id=None,
+            duration=duration,
+        )
+
+    def _result_from_body(self, body: Any, duration: float) -> ApiResult:
+        """HTTP 200 can still say `Success: false`, at the top or inside `Data`."""
+        if not isinstance(body, Mapping):
+            return ApiFailure(
+                kind=classify("InvalidResponse", None, overrides=self._overrides),
+                code="InvalidResponse",
+                message=f"expected a JSON object, got {type(body).__name__}",
+                http_status=200,
+                request_id=None,
+                duration=duration,
+            )
+        request_id = body.get("RequestId")
+        data = body.get("Data")
+        refusal = body if body.get("Success") is False else None
+        if refusal is None and isinstance(data, Mapping) and data.get("Success") is False:
+            refusal = data
+        if refusal is None:
+            return ApiSuccess(request_id=request_id, duration=duration)
+        code = refusal.get("Code") or body.get("Code") or "Unknown"
+        return ApiFailure(
+            kind=classify(code, 200, overrides=self._overrides),
+            code=code,
+            message=str(refusal.get("Message") or body.get("Message") or ""),
+            http_status=200,
+            request_id=request_id,
+            duration=duration,
+        )
+
+
+def _sdk_config(settings: Settings) -> open_api_models.Config:
+    """Explicit keys (the seed's ACCESS_KEY_ID/SECRET) win; otherwise Alibaba's default chain."""
+    config = open_api_models.Config(
+        endpoint=settings.api_endpoint,
+        protocol=settings.api_protocol.value.upper(),
+        connect_timeout=settings.api_connect_timeout_ms,
+        read_timeout=settings.api_read_timeout_ms,
+    )
+    if settings.access_key_id and settings.access_key_secret:
+        config.access_key_id = settings.access_key_id.get_secret_value()
+        config.access_key_secret = settings.access_key_secret.get_secret_value()
+    else:
+        config.credential = CredentialClient()
+    return config
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = f"{type(exc).__name__}: {exc}" if exc else "unknown transport error"
+    return " ".join(text.split())[:500]

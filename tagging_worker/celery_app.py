@@ -1,0 +1,60 @@
+"""The Celery application, configured for at-least-once delivery and JSON only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, bootsteps
+from kombu import Queue
+
+from tagging_worker.retry_schedule import RetryMover
+from tagging_worker.settings import Settings
+
+
+class RetryMoverStep(bootsteps.StartStopStep):
+    """Runs the delayed-retry mover inside every worker, started and stopped with it."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.mover: RetryMover | None = None
+
+    def start(self, worker: Any) -> None:
+        from tagging_worker.runtime import get_runtime
+
+        rt = get_runtime()
+        self.mover = RetryMover(rt.retries, interval=rt.settings.scheduler_interval_seconds)
+        self.mover.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.mover is not None:
+            self.mover.stop()
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("tagging_worker", broker=settings.broker_url, set_as_current=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_queues=[Queue(settings.queue, routing_key=settings.queue)],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message in hand per worker slot: an acked-late message waiting in a local
+        # buffer is one a crash would delay, and prefetching helps nothing for I/O-bound work.
+        worker_prefetch_multiplier=1,
+        # Longer than any task can run (timeouts bound each call), so Redis never hands a
+        # running task to a second worker.
+        broker_transport_options={"visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+        worker_pool=settings.worker_pool.value,
+    )
+    app.steps["worker"].add(RetryMoverStep)
+    app.autodiscover_tasks(["tagging_worker"], related_name="tasks", force=True)
+    return app

@@ -1,0 +1,26 @@
+"""Start-up helpers shared by the console command and `celery -A tagging_worker`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from celery import Celery
+
+from tagging_worker.settings import Settings, SettingsError, load_settings
+
+
+def settings_or_exit() -> Settings:
+    """Bad settings stop start-up with one clear line, never a stack trace."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"tagging-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@functools.cache
+def app_or_exit() -> Celery:
+    from tagging_worker.celery_app import create_app
+
+    return create_app(settings_or_exit())

@@ -1,0 +1,113 @@
+"""`tagging-worker doctor`: each check says in plain words what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+import redis
+from rich.console import Console
+
+from tagging_worker.settings import Settings, SettingsError, load_settings
+
+Check = Callable[[Settings], str]
+"""Returns what it found; raises `Problem` with advice when something is wrong."""
+
+
+class Problem(Exception):
+    pass
+
+
+def run_doctor(out: Console) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        out.print(f"[red]FAIL[/] settings: {exc}", highlight=False)
+        return 1
+    out.print("[green]ok[/]   settings: loaded", highlight=False)
+    failures = 0
+    for name, check in CHECKS:
+        try:
+            found = check(settings)
+        except Problem as exc:
+            failures += 1
+            out.print(f"[red]FAIL[/] {name}: {exc}", highlight=False)
+        else:
+            out.print(f"[green]ok[/]   {name}: {found}", highlight=False)
+    return 1 if failures else 0
+
+
+def _redis(url: str, what: str) -> str:
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise Problem(
+            f"cannot reach {what} at {_without_password(url)} ({exc}); is Redis running, "
+            "and is the URL (host, port, password, db) right?"
+        ) from None
+    finally:
+        client.close()
+    return f"{_without_password(url)} answers"
+
+
+def check_broker(settings: Settings) -> str:
+    return _redis(settings.broker_url, "the broker (TAGGING_BROKER_URL)")
+
+
+def check_state_redis(settings: Settings) -> str:
+    if settings.redis_url is None:
+        return "same Redis as the broker"
+    return _redis(settings.redis_url, "the state Redis (TAGGING_REDIS_URL)")
+
+
+def check_credentials(settings: Settings) -> str:
+    if settings.access_key_id and settings.access_key_secret:
+        return "access key from ACCESS_KEY_ID/ACCESS_KEY_SECRET (or TAGGING_ variants)"
+    if settings.access_key_id or settings.access_key_secret:
+        raise Problem("only one of ACCESS_KEY_ID / ACCESS_KEY_SECRET is set; set both")
+    if os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID") and os.environ.get(
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+    ):
+        return "access key from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (default chain)"
+    for variable in ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_ECS_METADATA",
+                     "ALIBABA_CLOUD_CREDENTIALS_FILE", "ALIBABA_CLOUD_PROFILE"):
+        if os.environ.get(variable):
+            return f"Alibaba Cloud default chain ({variable} is set)"
+    raise Problem(
+        "no credentials found: set ACCESS_KEY_ID and ACCESS_KEY_SECRET (or "
+        "ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET), or configure a RAM role (ALIBABA_CLOUD_ROLE_ARN, "
+        "ALIBABA_CLOUD_ECS_METADATA)"
+    )
+
+
+def check_endpoint(settings: Settings) -> str:
+    host, _, port_text = settings.api_endpoint.partition(":")
+    port = int(port_text) if port_text.isdigit() else (
+        443 if settings.api_protocol.value == "https" else 80
+    )
+    try:
+        with socket.create_connection((host, port), timeout=settings.api_connect_timeout_ms / 1000):
+            pass
+    except OSError as exc:
+        raise Problem(
+            f"cannot connect to {host}:{port} ({exc}); check TAGGING_API_ENDPOINT, "
+            "TAGGING_API_PROTOCOL, DNS and any firewall or proxy"
+        ) from None
+    return f"{settings.api_protocol.value}://{host}:{port} accepts connections"
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
+
+
+CHECKS: list[tuple[str, Check]] = [
+    ("broker", check_broker),
+    ("state redis", check_state_redis),
+    ("credentials", check_credentials),
+    ("API endpoint", check_endpoint),
+]

@@ -1,0 +1,31 @@
+"""Counters of how events ended, so every published event can be accounted for."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import redis
+
+from tagging_worker.keys import Keys
+
+
+class Outcome(str, Enum):
+    APPLIED = "applied"
+    DEAD = "dead"
+    RETRIED = "retried"
+    REPLAYED = "replayed"
+
+
+class OutcomeCounters:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._key = keys.outcomes
+
+    def add(self, outcome: Outcome, n: int = 1) -> None:
+        self._redis.hincrby(self._key, outcome.value, n)
+
+    def snapshot(self) -> dict[str, int]:
+        raw = self._redis.hgetall(self._key)
+        counts = {outcome.value: 0 for outcome in Outcome}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        return counts

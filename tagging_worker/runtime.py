@@ -1,0 +1,69 @@
+"""The per-process wiring: settings, one Redis pool, one API client and the stores.
+
+Built lazily and rebuilt after a fork, because prefork children must not share the
+parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from tagging_worker.api import TagsApi
+from tagging_worker.dead_letters import DeadLetterStore
+from tagging_worker.keys import Keys
+from tagging_worker.outcomes import OutcomeCounters
+from tagging_worker.retry_schedule import RetrySchedule
+from tagging_worker.settings import Settings, load_settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.state_redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.settings.key_prefix)
+
+    @cached_property
+    def api(self) -> TagsApi:
+        return TagsApi(self.settings)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterStore:
+        return DeadLetterStore(
+            self.redis, self.keys, max_records=self.settings.dead_letter_max_records
+        )
+
+    @cached_property
+    def retries(self) -> RetrySchedule:
+        return RetrySchedule(self.redis, self.keys, queue=self.settings.queue)
+
+    @cached_property
+    def outcomes(self) -> OutcomeCounters:
+        return OutcomeCounters(self.redis, self.keys)
+
+
+_lock = threading.Lock()
+_current: tuple[int, Runtime] | None = None
+
+
+def get_runtime() -> Runtime:
+    global _current
+    with _lock:
+        if _current is None or _current[0] != os.getpid():
+            _current = (os.getpid(), Runtime(load_settings()))
+        return _current[1]

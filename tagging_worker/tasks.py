@@ -1,0 +1,172 @@
+"""The Celery task: the story of one tag-update event, top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import shared_task
+from celery.exceptions import Reject
+
+from tagging_worker import observe
+from tagging_worker.api import ApiFailure, ApiSuccess
+from tagging_worker.backoff import GiveUp, compute_delay, next_step
+from tagging_worker.classify import FailureKind
+from tagging_worker.dead_letters import Attempt
+from tagging_worker.event import InvalidEvent, TagUpdate, validate_event
+from tagging_worker.messages import TASK_NAME, build_task_message
+from tagging_worker.outcomes import Outcome
+from tagging_worker.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def update_call_tags(self: Any, event: Any, retry_state: dict[str, Any] | None = None) -> str:
+    """Celery drops a message whose task raises, so nothing may escape: a bug dead-letters
+    the event as `internal_error`, and Redis trouble puts the message back on the queue."""
+    rt = get_runtime()
+    task_id = self.request.id
+    try:
+        try:
+            return process(rt, event, retry_state, task_id=task_id).value
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.exception("internal error while processing task %s", task_id)
+            state = RetryState.resume(retry_state, event, time.time())
+            detail = f"{type(exc).__name__}: {exc}"
+            return _bury(rt, state, None, "internal_error", detail, task_id=task_id).value
+    except redis.RedisError as exc:
+        raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """What an event carries from one attempt to the next, inside its own message."""
+
+    received: Any
+    first_seen: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def resume(cls, carried: dict[str, Any] | None, raw: Any, now: float) -> RetryState:
+        if not carried:
+            return cls(received=raw, first_seen=now)
+        return cls(
+            received=carried.get("received", raw),
+            first_seen=float(carried.get("first_seen", now)),
+            attempts=list(carried.get("attempts", [])),
+        )
+
+    def after(self, failure: ApiFailure, at: float) -> RetryState:
+        attempt = Attempt(
+            at=at,
+            code=failure.code,
+            message=failure.message,
+            http_status=failure.http_status,
+            request_id=failure.request_id,
+            kind=failure.kind.value,
+        )
+        return RetryState(self.received, self.first_seen, [*self.attempts, attempt.as_dict()])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"received": self.received, "first_seen": self.first_seen, "attempts": self.attempts}
+
+
+def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: str) -> Outcome:
+    now = time.time()
+    state = RetryState.resume(carried, raw, now)
+    try:
+        update = validate_event(
+            raw,
+            limits=rt.settings.event_limits,
+            default_version=int(now * 1000),
+            default_event_id=task_id,
+        )
+    except InvalidEvent as exc:
+        return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id)
+
+    result = rt.api.update_tags(update.call_id, update.tags_json)
+    if isinstance(result, ApiSuccess):
+        rt.outcomes.add(Outcome.APPLIED)
+        observe.applied(
+            update.call_id, update.event_id, update.version, len(state.attempts) + 1, result
+        )
+        return Outcome.APPLIED
+
+    state = state.after(result, now)
+    detail = f"{result.code}: {result.message}"
+    if result.kind is FailureKind.PERMANENT:
+        return _bury(rt, state, update, "permanent_error", detail, task_id=task_id)
+    return _retry_or_bury(rt, state, update, result, detail, now, task_id=task_id)
+
+
+def _retry_or_bury(
+    rt: Runtime,
+    state: RetryState,
+    update: TagUpdate,
+    failure: ApiFailure,
+    detail: str,
+    now: float,
+    *,
+    task_id: str,
+) -> Outcome:
+    s = rt.settings
+    delay = compute_delay(
+        len(state.attempts),
+        base=s.retry_base_seconds,
+        factor=s.retry_factor,
+        cap=s.retry_cap_seconds,
+        retry_after=failure.retry_after,
+    )
+    step = next_step(
+        attempts_made=len(state.attempts),
+        max_attempts=s.retry_max_attempts,
+        first_seen=state.first_seen,
+        now=now,
+        max_age=s.event_max_age_seconds,
+        delay=delay,
+    )
+    if isinstance(step, GiveUp):
+        return _bury(rt, state, update, step.reason, detail, task_id=task_id)
+    message = build_task_message(update.as_event(), queue=s.queue, retry_state=state.as_dict())
+    rt.retries.schedule(message, delay=step.delay)
+    rt.outcomes.add(Outcome.RETRIED)
+    observe.retrying(update.call_id, update.event_id, len(state.attempts), failure, step.delay)
+    return Outcome.RETRIED
+
+
+def _bury(
+    rt: Runtime,
+    state: RetryState,
+    update: TagUpdate | None,
+    reason: str,
+    detail: str,
+    *,
+    task_id: str,
+) -> Outcome:
+    """Dead-letter under the event's id (the task's for an invalid event), so a redelivered
+    message replaces its record instead of adding a second one."""
+    record_id = update.event_id if update else task_id
+    rt.dead_letters.add(
+        record_id=record_id,
+        reason=reason,
+        detail=detail,
+        event=state.received,
+        normalized=update.as_event() if update else None,
+        attempts=state.attempts,
+        first_seen=state.first_seen,
+        task_id=task_id,
+    )
+    rt.outcomes.add(Outcome.DEAD)
+    call_id = update.call_id if update else _peek(state.received, "call_id")
+    observe.dead(record_id, call_id, reason, detail, len(state.attempts))
+    return Outcome.DEAD
+
+
+def _peek(event: Any, name: str) -> Any:
+    return event.get(name) if isinstance(event, dict) else None

@@ -1,0 +1,152 @@
+"""Shared fixtures: a real Redis (own keys only), the fake API, real worker processes.
+
+Each test gets its own key prefix and queue, so tests never touch keys they did not create
+and clean up exactly what they made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.runtime import Runtime
+from tagging_worker.settings import load_settings
+
+REDIS_URL = os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ACCESS_KEY_ID = "test-access-key-id"
+ACCESS_KEY_SECRET = "test-access-key-secret-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _no_cloud_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credentials chain must never reach for the ECS metadata address in tests."""
+    monkeypatch.setenv("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"tests need Redis at {REDIS_URL} ({exc}); `bash scripts/test.sh` starts one")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(redis_client: redis.Redis) -> Iterator[str]:
+    """A fresh prefix used as both key prefix and queue name; its keys are removed after."""
+    name = f"tw-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    doomed = [*redis_client.scan_iter(f"{name}*", count=1000)]
+    doomed += [*redis_client.scan_iter(f"_kombu.binding*.{name}", count=1000)]
+    if doomed:
+        redis_client.delete(*doomed)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAlibabaApi]:
+    api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
+    """Settings for a worker pointed at this test's Redis keys and fake API, with short
+    retry delays so retry paths finish in a test's time."""
+    return {
+        "TAGGING_BROKER_URL": REDIS_URL,
+        "TAGGING_QUEUE": namespace,
+        "TAGGING_KEY_PREFIX": namespace,
+        "TAGGING_API_ENDPOINT": fake_api.endpoint,
+        "TAGGING_API_PROTOCOL": "http",
+        "TAGGING_API_READ_TIMEOUT_MS": "2000",
+        "TAGGING_RETRY_BASE_SECONDS": "0.05",
+        "TAGGING_RETRY_CAP_SECONDS": "0.2",
+        "TAGGING_RETRY_MAX_ATTEMPTS": "4",
+        "TAGGING_SCHEDULER_INTERVAL_SECONDS": "0.05",
+        "ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
+        "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture
+def runtime(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """The same wiring the worker uses, for asserting on Redis state from the test."""
+    for name, value in worker_env.items():
+        monkeypatch.setenv(name, value)
+    return Runtime(load_settings())
+
+
+class WorkerProcess:
+    """A real `tagging-worker worker` in a child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, pool: str, concurrency: int) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tagging_worker", "worker",
+             f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=INFO"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(pool: str = "threads", concurrency: int = 4, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            {**worker_env, **env}, tmp_path / f"worker-{len(workers)}.log",
+            pool=pool, concurrency=concurrency,
+        )
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
+    """Poll until `predicate()` is truthy; the deadline only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)

@@ -1,0 +1,131 @@
+"""The dead-letter store against a real Redis: indexes, retention and atomic replay."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+
+from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, replay_event
+from tagging_worker.keys import Keys
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, namespace: str) -> DeadLetterStore:
+    return DeadLetterStore(redis_client, Keys(namespace), max_records=1000)
+
+
+def _add(store: DeadLetterStore, record_id: str, *, reason: str = "permanent_error",
+         call_id: str = "call-1", version: int = 1) -> None:
+    event = {"call_id": call_id, "tags": ["a"], "version": version, "event_id": record_id}
+    store.add(record_id=record_id, reason=reason, detail="InvalidParameter: bad",
+              event=event, normalized=event, attempts=[], first_seen=0.0, task_id="t")
+
+
+def test_list_is_newest_first_and_filters_by_reason_and_call(store: DeadLetterStore) -> None:
+    _add(store, "e1", reason="permanent_error", call_id="call-a")
+    _add(store, "e2", reason="invalid_event", call_id="call-a")
+    _add(store, "e3", reason="permanent_error", call_id="call-b")
+
+    assert [r["id"] for r in store.list()] == ["e3", "e2", "e1"]
+    assert [r["id"] for r in store.list(reason="permanent_error")] == ["e3", "e1"]
+    assert [r["id"] for r in store.list(call_id="call-a")] == ["e2", "e1"]
+    assert [r["id"] for r in store.list(call_id="call-a", reason="invalid_event")] == ["e2"]
+    assert [r["id"] for r in store.list(limit=1, offset=1)] == ["e2"]
+    assert store.count() == 3 and store.count(reason="permanent_error") == 2
+
+
+def test_same_id_replaces_the_record_instead_of_duplicating_it(store: DeadLetterStore) -> None:
+    _add(store, "e1", reason="retries_exhausted")
+    _add(store, "e1", reason="permanent_error")
+
+    assert store.count() == 1
+    assert store.count(reason="retries_exhausted") == 0
+    assert store.get("e1")["reason"] == "permanent_error"
+
+
+def test_retention_limit_trims_the_oldest_records(redis_client: redis.Redis, namespace: str) -> None:
+    store = DeadLetterStore(redis_client, Keys(namespace), max_records=3)
+    for n in range(5):
+        _add(store, f"e{n}", call_id=f"call-{n}")
+
+    assert [r["id"] for r in store.list()] == ["e4", "e3", "e2"]
+    assert store.get("e0") is None
+    assert store.count(call_id="call-0") == 0
+    assert store.count(reason="permanent_error") == 3
+
+
+def test_replay_moves_the_record_onto_the_queue_in_one_step(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    _add(store, "e1")
+
+    assert store.replay("e1", queue=namespace, build_message=lambda r: json.dumps(replay_event(r)))
+
+    assert store.get("e1") is None and store.count() == 0
+    assert [json.loads(m)["event_id"] for m in redis_client.lrange(namespace, 0, -1)] == ["e1"]
+    assert not store.replay("e1", queue=namespace, build_message=lambda r: "x")
+    assert redis_client.llen(namespace) == 1
+
+
+def test_replay_refuses_a_record_that_changed_after_it_was_read(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    _add(store, "e1", version=1)
+
+    def rewrite_meanwhile(record: dict) -> str:
+        _add(store, "e1", version=2)
+        return json.dumps(record)
+
+    with pytest.raises(ReplayConflict):
+        store.replay("e1", queue=namespace, build_message=rewrite_meanwhile)
+    assert store.get("e1")["version"] == 2
+    assert redis_client.llen(namespace) == 0
+
+
+def test_concurrent_replays_put_each_record_on_the_queue_exactly_once(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    for n in range(200):
+        _add(store, f"e{n}")
+
+    def replay_all() -> None:
+        for record_id in store.iter_ids():
+            try:
+                store.replay(record_id, queue=namespace, build_message=json.dumps)
+            except ReplayConflict:
+                pass
+
+    threads = [threading.Thread(target=replay_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    queued = [json.loads(m)["id"] for m in redis_client.lrange(namespace, 0, -1)]
+    assert sorted(queued) == sorted(f"e{n}" for n in range(200))
+    assert store.count() == 0
+
+
+def test_iter_ids_does_not_revisit_records_that_die_again_during_the_walk(
+    store: DeadLetterStore,
+) -> None:
+    for n in range(3):
+        _add(store, f"e{n}")
+    seen = []
+    for record_id in store.iter_ids():
+        seen.append(record_id)
+        store.delete(record_id)
+        _add(store, record_id)  # replayed and dead again, newer than the walk's start
+
+    assert sorted(seen) == ["e0", "e1", "e2"]
+
+
+def test_delete_removes_the_record_from_every_index(store: DeadLetterStore) -> None:
+    _add(store, "e1", call_id="call-x")
+
+    assert store.delete("e1")
+    assert not store.delete("e1")
+    assert store.count() == store.count(call_id="call-x") == store.count(reason="permanent_error") == 0
