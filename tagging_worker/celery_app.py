@@ -14,7 +14,7 @@ from tagging_worker.settings import Settings
 class RetryMoverStep(bootsteps.StartStopStep):
     """Runs the delayed-retry mover inside every worker, started and stopped with it."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         self.mover: RetryMover | None = None

@@ -52,7 +52,9 @@ def _runtime() -> Runtime:
 
 @cli.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Default: TAGGING_WORKER_CONCURRENCY.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Default: TAGGING_WORKER_CONCURRENCY.")
+    ] = None,
     pool: Annotated[str | None, typer.Option(help="Default: TAGGING_WORKER_POOL.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Default: TAGGING_LOG_LEVEL.")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
@@ -77,7 +79,9 @@ def worker(
 def publish(
     call_id: Annotated[str | None, typer.Option(help="The call to tag.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag; repeat for several.")] = None,
-    tags_json: Annotated[str | None, typer.Option(help='Tags as a JSON array: \'["a","b"]\'.')] = None,
+    tags_json: Annotated[
+        str | None, typer.Option(help='Tags as a JSON array: \'["a","b"]\'.')
+    ] = None,
     version: Annotated[int | None, typer.Option(help="Ordering key; default: now in ms.")] = None,
     event_id: Annotated[str | None, typer.Option(help="Idempotency key; default: a UUID.")] = None,
     source: Annotated[str | None, typer.Option()] = None,
@@ -89,7 +93,10 @@ def publish(
     if file is not None:
         events = _read_events(file)
     elif call_id is not None:
-        event: dict[str, Any] = {"call_id": call_id, "tags": tags_json if tags_json else (tag or [])}
+        event: dict[str, Any] = {
+            "call_id": call_id,
+            "tags": tags_json if tags_json else (tag or []),
+        }
         extra = {"version": version, "event_id": event_id, "source": source}
         event.update({k: v for k, v in extra.items() if v is not None})
         events = [event]
@@ -139,8 +146,13 @@ def dead_list(
         table.add_column(column, overflow="fold")
     for r in records:
         table.add_row(
-            r["id"], _when(r["died_at"]), r["reason"], str(r["call_id"]), str(r["version"]),
-            str(len(r["attempts"])), r["detail"],
+            r["id"],
+            _when(r["died_at"]),
+            r["reason"],
+            str(r["call_id"]),
+            str(r["version"]),
+            str(len(r["attempts"])),
+            r["detail"],
         )
     out.print(table)
 
@@ -164,8 +176,13 @@ def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
         table.add_column(column, overflow="fold")
     for n, a in enumerate(record["attempts"], 1):
         table.add_row(
-            str(n), _when(a["at"]), a["kind"], a["code"], str(a["http_status"]),
-            str(a["request_id"]), a["message"],
+            str(n),
+            _when(a["at"]),
+            a["kind"],
+            a["code"],
+            str(a["http_status"]),
+            str(a["request_id"]),
+            a["message"],
         )
     out.print(table)
 
@@ -252,7 +269,9 @@ def _when(ts: float) -> str:
 def fake_api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
-    access_key_id: Annotated[str, typer.Option(envvar="FAKE_API_ACCESS_KEY_ID")] = "fake-access-key-id",
+    access_key_id: Annotated[
+        str, typer.Option(envvar="FAKE_API_ACCESS_KEY_ID")
+    ] = "fake-access-key-id",
     access_key_secret: Annotated[
         str, typer.Option(envvar="FAKE_API_ACCESS_KEY_SECRET", show_default=False)
     ] = "fake-access-key-secret",

@@ -190,9 +190,12 @@ class DeadLetterStore:
                 return
             for raw_id in ids:
                 record_id = raw_id.decode()
-                if call_id and reason and self._redis.hget(
-                    self._keys.dead_record(record_id), "reason"
-                ) != reason.encode():
+                if (
+                    call_id
+                    and reason
+                    and self._redis.hget(self._keys.dead_record(record_id), "reason")
+                    != reason.encode()
+                ):
                     kept += 1
                     continue
                 yield record_id

@@ -71,8 +71,12 @@ def check_credentials(settings: Settings) -> str:
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
     ):
         return "access key from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (default chain)"
-    for variable in ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_ECS_METADATA",
-                     "ALIBABA_CLOUD_CREDENTIALS_FILE", "ALIBABA_CLOUD_PROFILE"):
+    for variable in (
+        "ALIBABA_CLOUD_ROLE_ARN",
+        "ALIBABA_CLOUD_ECS_METADATA",
+        "ALIBABA_CLOUD_CREDENTIALS_FILE",
+        "ALIBABA_CLOUD_PROFILE",
+    ):
         if os.environ.get(variable):
             return f"Alibaba Cloud default chain ({variable} is set)"
     raise Problem(
@@ -84,8 +88,10 @@ def check_credentials(settings: Settings) -> str:
 
 def check_endpoint(settings: Settings) -> str:
     host, _, port_text = settings.api_endpoint.partition(":")
-    port = int(port_text) if port_text.isdigit() else (
-        443 if settings.api_protocol.value == "https" else 80
+    port = (
+        int(port_text)
+        if port_text.isdigit()
+        else (443 if settings.api_protocol.value == "https" else 80)
     )
     try:
         with socket.create_connection((host, port), timeout=settings.api_connect_timeout_ms / 1000):

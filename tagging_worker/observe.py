@@ -16,7 +16,12 @@ log = logging.getLogger("tagging_worker.events")
 def applied(call_id: str, event_id: str, version: int, attempt: int, result: ApiSuccess) -> None:
     log.info(
         "applied call_id=%s event_id=%s version=%s attempt=%d request_id=%s duration_ms=%.1f",
-        call_id, event_id, version, attempt, result.request_id, result.duration * 1000,
+        call_id,
+        event_id,
+        version,
+        attempt,
+        result.request_id,
+        result.duration * 1000,
     )
 
 
@@ -26,13 +31,23 @@ def retrying(call_id: str, event_id: str, attempt: int, failure: ApiFailure, del
         level,
         "retrying call_id=%s event_id=%s attempt=%d kind=%s code=%s http_status=%s "
         "request_id=%s delay_s=%.2f",
-        call_id, event_id, attempt, failure.kind.value, failure.code, failure.http_status,
-        failure.request_id, delay,
+        call_id,
+        event_id,
+        attempt,
+        failure.kind.value,
+        failure.code,
+        failure.http_status,
+        failure.request_id,
+        delay,
     )
 
 
 def dead(record_id: str, call_id: object, reason: str, detail: str, attempts: int) -> None:
     log.error(
         "dead-lettered id=%s call_id=%s reason=%s attempts=%d detail=%s",
-        record_id, call_id, reason, attempts, detail,
+        record_id,
+        call_id,
+        reason,
+        attempts,
+        detail,
     )

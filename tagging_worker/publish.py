@@ -76,7 +76,15 @@ def publish_tag_update(
     settings: Settings | None = None,
 ) -> str:
     """Publish one event with the settings from the environment; returns its `event_id`."""
-    event: dict[str, Any] = {"call_id": call_id, "tags": tags if isinstance(tags, str) else list(tags)}
-    optional = {"version": version, "event_id": event_id, "occurred_at": occurred_at, "source": source}
+    event: dict[str, Any] = {
+        "call_id": call_id,
+        "tags": tags if isinstance(tags, str) else list(tags),
+    }
+    optional = {
+        "version": version,
+        "event_id": event_id,
+        "occurred_at": occurred_at,
+        "source": source,
+    }
     event.update({k: v for k, v in optional.items() if v is not None})
     return Publisher.from_settings(settings or load_settings()).publish(event)

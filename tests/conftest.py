@@ -14,14 +14,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
+
+if TYPE_CHECKING:
+    from tagging_worker.fake_api.server import FakeAlibabaApi
 
 REDIS_URL = os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ACCESS_KEY_ID = "test-access-key-id"
@@ -58,6 +60,8 @@ def namespace(redis_client: redis.Redis) -> Iterator[str]:
 
 @pytest.fixture
 def fake_api() -> Iterator[FakeAlibabaApi]:
+    from tagging_worker.fake_api.server import FakeAlibabaApi
+
     api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}).start()
     yield api
     api.stop()
@@ -99,8 +103,15 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tagging_worker", "worker",
-             f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=INFO"],
+            [
+                sys.executable,
+                "-m",
+                "tagging_worker",
+                "worker",
+                f"--pool={pool}",
+                f"--concurrency={concurrency}",
+                "--loglevel=INFO",
+            ],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -129,8 +140,10 @@ def start_worker(
 
     def start(pool: str = "threads", concurrency: int = 4, **env: str) -> WorkerProcess:
         worker = WorkerProcess(
-            {**worker_env, **env}, tmp_path / f"worker-{len(workers)}.log",
-            pool=pool, concurrency=concurrency,
+            {**worker_env, **env},
+            tmp_path / f"worker-{len(workers)}.log",
+            pool=pool,
+            concurrency=concurrency,
         )
         workers.append(worker)
         return worker

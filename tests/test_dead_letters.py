@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 
@@ -17,11 +18,25 @@ def store(redis_client: redis.Redis, namespace: str) -> DeadLetterStore:
     return DeadLetterStore(redis_client, Keys(namespace), max_records=1000)
 
 
-def _add(store: DeadLetterStore, record_id: str, *, reason: str = "permanent_error",
-         call_id: str = "call-1", version: int = 1) -> None:
+def _add(
+    store: DeadLetterStore,
+    record_id: str,
+    *,
+    reason: str = "permanent_error",
+    call_id: str = "call-1",
+    version: int = 1,
+) -> None:
     event = {"call_id": call_id, "tags": ["a"], "version": version, "event_id": record_id}
-    store.add(record_id=record_id, reason=reason, detail="InvalidParameter: bad",
-              event=event, normalized=event, attempts=[], first_seen=0.0, task_id="t")
+    store.add(
+        record_id=record_id,
+        reason=reason,
+        detail="InvalidParameter: bad",
+        event=event,
+        normalized=event,
+        attempts=[],
+        first_seen=0.0,
+        task_id="t",
+    )
 
 
 def test_list_is_newest_first_and_filters_by_reason_and_call(store: DeadLetterStore) -> None:
@@ -46,7 +61,9 @@ def test_same_id_replaces_the_record_instead_of_duplicating_it(store: DeadLetter
     assert store.get("e1")["reason"] == "permanent_error"
 
 
-def test_retention_limit_trims_the_oldest_records(redis_client: redis.Redis, namespace: str) -> None:
+def test_retention_limit_trims_the_oldest_records(
+    redis_client: redis.Redis, namespace: str
+) -> None:
     store = DeadLetterStore(redis_client, Keys(namespace), max_records=3)
     for n in range(5):
         _add(store, f"e{n}", call_id=f"call-{n}")
@@ -93,10 +110,8 @@ def test_concurrent_replays_put_each_record_on_the_queue_exactly_once(
 
     def replay_all() -> None:
         for record_id in store.iter_ids():
-            try:
+            with contextlib.suppress(ReplayConflict):
                 store.replay(record_id, queue=namespace, build_message=json.dumps)
-            except ReplayConflict:
-                pass
 
     threads = [threading.Thread(target=replay_all) for _ in range(4)]
     for t in threads:
@@ -128,4 +143,6 @@ def test_delete_removes_the_record_from_every_index(store: DeadLetterStore) -> N
 
     assert store.delete("e1")
     assert not store.delete("e1")
-    assert store.count() == store.count(call_id="call-x") == store.count(reason="permanent_error") == 0
+    assert (
+        store.count() == store.count(call_id="call-x") == store.count(reason="permanent_error") == 0
+    )
