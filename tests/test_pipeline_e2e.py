@@ -1,0 +1,203 @@
+"""End to end: real Redis, real `tagging-worker worker` processes, the fake Alibaba Cloud API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.messages import TASK_NAME
+from tagging_worker.publish import Publisher
+from tagging_worker.runtime import Runtime
+from tests.conftest import REDIS_URL, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _publisher(runtime: Runtime) -> Publisher:
+    return Publisher(runtime.redis, queue=runtime.settings.queue, limits=runtime.settings.event_limits)
+
+
+def _settled(runtime: Runtime, n: int) -> Callable[[], bool]:
+    """True once `n` events have ended as applied or dead."""
+
+    def check() -> bool:
+        counts = runtime.outcomes.snapshot()
+        return counts["applied"] + counts["dead"] >= n
+
+    return check
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tagging_worker", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_events_are_applied_with_their_tags(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    _publisher(runtime).publish_many(
+        [
+            {"call_id": "call-zh", "tags": ["有意向", "需跟进"], "version": 1},
+            {"call_id": "call-json", "tags": '["a", " b ", "a"]', "version": 1},
+            {"call_id": "call-clear", "tags": [], "version": 1},
+        ]
+    )
+    start_worker()
+
+    wait_for(_settled(runtime, 3), what="three events applied")
+
+    assert fake_api.all_tags() == {
+        "call-zh": ["有意向", "需跟进"],
+        "call-json": ["a", "b"],
+        "call-clear": [],
+    }
+    assert runtime.outcomes.snapshot()["applied"] == 3
+    assert runtime.dead_letters.count() == 0
+
+
+def test_transient_failures_are_retried_then_applied(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    fake_api.add_fault("throttle", call_id="call-t", times=1, retry_after_ms=100)
+    fake_api.add_fault("error", call_id="call-t", times=1, code="ServiceUnavailable", http_status=503)
+    fake_api.add_fault("close", call_id="call-t", times=1)
+    _publisher(runtime).publish({"call_id": "call-t", "tags": ["x"], "version": 7})
+    start_worker()
+
+    wait_for(_settled(runtime, 1), what="the event applied")
+
+    answers = [c.answer for c in fake_api.calls() if c.call_id == "call-t"]
+    assert answers == ["Throttling.User", "ServiceUnavailable", "ConnectionClosed", "OK"]
+    assert fake_api.tags_of("call-t") == ["x"]
+    assert runtime.outcomes.snapshot()["retried"] == 3
+    assert runtime.retries.pending() == 0
+
+
+def test_permanent_failure_is_dead_lettered_after_exactly_one_call(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    fake_api.add_fault("error", call_id="call-p", code="InvalidParameter.CallId", http_status=400)
+    event_id = _publisher(runtime).publish({"call_id": "call-p", "tags": ["x"], "source": "crm"})
+    start_worker()
+
+    wait_for(_settled(runtime, 1), what="the event dead-lettered")
+
+    assert [c.answer for c in fake_api.calls()] == ["InvalidParameter.CallId"]
+    record = runtime.dead_letters.get(event_id)
+    assert record["reason"] == "permanent_error"
+    assert record["detail"].startswith("InvalidParameter.CallId")
+    assert record["source"] == "crm"
+    assert record["event"]["call_id"] == "call-p"
+    [attempt] = record["attempts"]
+    assert attempt["http_status"] == 400 and attempt["request_id"]
+
+
+def test_exhausted_retries_are_dead_lettered_with_every_attempt_recorded(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    fake_api.add_fault("error", call_id="call-x", code="InternalError", http_status=500)
+    event_id = _publisher(runtime).publish({"call_id": "call-x", "tags": ["x"], "version": 3})
+    start_worker()
+
+    wait_for(_settled(runtime, 1), what="the event dead-lettered")
+
+    record = runtime.dead_letters.get(event_id)
+    assert record["reason"] == "retries_exhausted"
+    assert len(record["attempts"]) == 4 == len(fake_api.calls())
+    assert all(a["code"] == "InternalError" and a["http_status"] == 500 for a in record["attempts"])
+    assert len({a["request_id"] for a in record["attempts"]}) == 4
+    assert [a["at"] for a in record["attempts"]] == sorted(a["at"] for a in record["attempts"])
+    assert record["normalized"]["version"] == 3
+
+
+def test_invalid_event_is_dead_lettered_at_once_with_a_reason_naming_the_field(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    _publisher(runtime).publish({"call_id": "call-bad", "tags": ["ok", 5]}, validate=False)
+    start_worker()
+
+    wait_for(_settled(runtime, 1), what="the event dead-lettered")
+
+    [record] = runtime.dead_letters.list()
+    assert record["reason"] == "invalid_event"
+    assert "tags[1]" in record["detail"]
+    assert record["event"]["tags"] == ["ok", 5]
+    assert fake_api.calls() == []
+
+
+def test_replay_from_the_dead_letters_applies_the_event(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+) -> None:
+    fake_api.add_fault("error", call_id="call-r", times=1, code="InvalidParameter", http_status=400)
+    event_id = _publisher(runtime).publish({"call_id": "call-r", "tags": ["回访"], "version": 9})
+    start_worker()
+    wait_for(_settled(runtime, 1), what="the event dead-lettered")
+
+    listed = _cli(worker_env, "dead", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["id"] for r in json.loads(listed.stdout)] == [event_id]
+    replayed = _cli(worker_env, "dead", "replay", event_id)
+    assert replayed.returncode == 0, replayed.stderr
+
+    wait_for(lambda: runtime.outcomes.snapshot()["applied"] == 1, what="the replay applied")
+    assert fake_api.tags_of("call-r") == ["回访"]
+    assert runtime.dead_letters.count() == 0
+    assert _cli(worker_env, "dead", "show", event_id).returncode == 1
+
+
+def test_wrong_secret_is_refused_by_the_signature_check_and_never_applied(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    event_id = _publisher(runtime).publish({"call_id": "call-s", "tags": ["x"]})
+    start_worker(ACCESS_KEY_SECRET="not-the-secret")
+
+    wait_for(_settled(runtime, 1), what="the event dead-lettered")
+
+    assert fake_api.tags_of("call-s") is None
+    assert fake_api.counters().get("SignatureDoesNotMatch", 0) == 4
+    record = runtime.dead_letters.get(event_id)
+    assert {a["code"] for a in record["attempts"]} == {"SignatureDoesNotMatch"}
+    assert {a["kind"] for a in record["attempts"]} == {"systemic"}
+
+
+def test_a_message_sent_by_celery_itself_is_applied(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Producers that use a Celery client rather than our publisher are first-class."""
+    producer = Celery(broker=REDIS_URL)
+    producer.conf.task_serializer = "json"
+    event: dict[str, Any] = {"call_id": "call-c", "tags": ["from-celery"], "version": 1}
+    producer.send_task(TASK_NAME, args=[event], queue=runtime.settings.queue)
+    start_worker()
+
+    wait_for(_settled(runtime, 1), what="the event applied")
+    assert fake_api.tags_of("call-c") == ["from-celery"]
+
+
+def test_prefork_pool_applies_events_and_retries(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    fake_api.add_fault("throttle", call_id="call-0", times=1)
+    _publisher(runtime).publish_many(
+        [{"call_id": f"call-{n}", "tags": [f"t{n}"], "version": 1} for n in range(20)]
+    )
+    start_worker(pool="prefork", concurrency=2)
+
+    wait_for(_settled(runtime, 20), what="twenty events applied")
+    assert fake_api.all_tags() == {f"call-{n}": [f"t{n}"] for n in range(20)}
