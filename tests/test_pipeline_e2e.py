@@ -22,7 +22,9 @@ pytestmark = pytest.mark.e2e
 
 
 def _publisher(runtime: Runtime) -> Publisher:
-    return Publisher(runtime.redis, queue=runtime.settings.queue, limits=runtime.settings.event_limits)
+    return Publisher(
+        runtime.redis, queue=runtime.settings.queue, limits=runtime.settings.event_limits
+    )
 
 
 def _settled(runtime: Runtime, n: int) -> Callable[[], bool]:
@@ -72,7 +74,9 @@ def test_transient_failures_are_retried_then_applied(
     runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     fake_api.add_fault("throttle", call_id="call-t", times=1, retry_after_ms=100)
-    fake_api.add_fault("error", call_id="call-t", times=1, code="ServiceUnavailable", http_status=503)
+    fake_api.add_fault(
+        "error", call_id="call-t", times=1, code="ServiceUnavailable", http_status=503
+    )
     fake_api.add_fault("close", call_id="call-t", times=1)
     _publisher(runtime).publish({"call_id": "call-t", "tags": ["x"], "version": 7})
     start_worker()
