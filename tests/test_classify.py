@@ -1,0 +1,91 @@
+"""Alibaba error codes and HTTP statuses map to transient, permanent or systemic."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagging_worker.classify import FailureKind, classify, parse_overrides
+
+T, P, S = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.SYSTEMIC
+
+CASES = [
+    ("Throttling", 400, T),
+    ("Throttling.User", 400, T),
+    ("Throttling.Api", 400, T),
+    ("Throttling.User", 429, T),
+    ("ServiceUnavailable", 503, T),
+    ("InternalError", 500, T),
+    ("SignatureNonceUsed", 400, T),
+    ("Network.ReadTimeout", None, T),
+    ("Network.RetryError", None, T),
+    ("InvalidResponse", None, T),
+    ("MissingParameter", 400, P),
+    ("MissingCallId", 400, P),
+    ("InvalidParameter", 400, P),
+    ("InvalidParameter.Tags", 400, P),
+    ("InvalidCallId.NotFound", 404, P),
+    ("InvalidAccessKeyId.NotFound", 404, S),
+    ("InvalidAccessKeyId.Inactive", 400, S),
+    ("SignatureDoesNotMatch", 400, S),
+    ("IncompleteSignature", 400, S),
+    ("Forbidden", 403, S),
+    ("Forbidden.RAM", 403, S),
+    ("Forbidden.AccessKeyDisabled", 403, S),
+    ("InvalidTimeStamp.Expired", 400, S),
+    ("InvalidSecurityToken.Expired", 400, S),
+    ("InvalidCredentials", None, S),
+    ("InsufficientBalance", 400, S),
+    ("SomethingNew", 400, P),
+    ("SomethingNew", 404, P),
+    ("SomethingNew", 500, T),
+    ("SomethingNew", 502, T),
+    ("SomethingNew", 429, T),
+    ("SomethingNew", 403, S),
+    ("SomethingNew", None, T),
+    ("SomethingNew", 200, P),
+    (None, None, T),
+    (None, 503, T),
+    (None, 400, P),
+]
+
+
+@pytest.mark.parametrize(("code", "status", "kind"), CASES)
+def test_code_first_then_status_decides_the_kind(
+    code: str | None, status: int | None, kind: FailureKind
+) -> None:
+    assert classify(code, status) is kind
+
+
+def test_success_false_with_a_known_code_is_classified_by_that_code() -> None:
+    assert classify("Throttling.User", 200) is T
+    assert classify("InvalidParameter", 200) is P
+
+
+def test_overrides_win_exact_code_over_prefix_and_longest_prefix_over_shorter() -> None:
+    overrides = parse_overrides(
+        {"Custom.*": "permanent", "Custom.Busy.*": "transient", "Custom.Busy.Now": "systemic"}
+    )
+
+    assert classify("Custom.Other", 500, overrides=overrides) is P
+    assert classify("Custom.Busy.Later", 400, overrides=overrides) is T
+    assert classify("Custom.Busy.Now", 400, overrides=overrides) is S
+    assert classify("InvalidParameter", 400, overrides=overrides) is P
+
+
+def test_overrides_can_reclassify_a_built_in_code() -> None:
+    overrides = parse_overrides({"InsufficientBalance": "transient"})
+
+    assert classify("InsufficientBalance", 400, overrides=overrides) is T
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"X": "sometimes"}, "is not one of"),
+        ({"": "transient"}, "non-empty"),
+        ({"*": "permanent"}, "non-empty"),
+    ],
+)
+def test_bad_overrides_are_refused_naming_the_code(spec: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_overrides(spec)
