@@ -1,0 +1,183 @@
+"""The console command as scripts use it: subprocesses, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.runtime import Runtime
+
+CLI = [sys.executable, "-m", "tagging_worker"]
+
+
+def _run(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TAGGING_RETRY_FACTOR", "0.5"),
+        ("TAGGING_WORKER_POOL", "fibers"),
+        ("TAGGING_API_PROTOCOL", "ftp"),
+        ("TAGGING_WORKER_CONCURRENCY", "many"),
+        ("TAGGING_ERROR_CODES", "{not json"),
+        ("TAGGING_ERROR_CODES", '{"Busy": "sometimes"}'),
+    ],
+)
+def test_bad_setting_stops_start_up_with_one_line_naming_it(
+    worker_env: dict[str, str], variable: str, value: str
+) -> None:
+    result = _run({**worker_env, variable: value}, "worker")
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"tagging-worker: bad setting {variable}:")
+    assert "Traceback" not in result.stderr
+
+
+def test_celery_command_with_a_bad_setting_also_stops_with_one_line(
+    worker_env: dict[str, str],
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tagging_worker", "worker"],
+        env={**os.environ, **worker_env, "TAGGING_RETRY_MAX_ATTEMPTS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "bad setting TAGGING_RETRY_MAX_ATTEMPTS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secret_values_are_never_echoed_in_setting_errors(worker_env: dict[str, str]) -> None:
+    result = _run(
+        {**worker_env, "TAGGING_API_READ_TIMEOUT_MS": "x", "ACCESS_KEY_SECRET": "s3cr3t-value"},
+        "worker",
+    )
+
+    assert result.returncode == 2
+    assert "s3cr3t-value" not in result.stderr + result.stdout
+
+
+def test_publish_prints_the_event_id_and_queues_one_message(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    result = _run(
+        worker_env,
+        "publish",
+        "--call-id",
+        "call-1",
+        "--tag",
+        "有意向",
+        "--tag",
+        "需跟进",
+        "--version",
+        "5",
+        "--event-id",
+        "ev-1",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ev-1"
+    assert redis_client.llen(runtime.settings.queue) == 1
+
+
+def test_publish_reads_json_lines_from_stdin(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    lines = "\n".join(json.dumps({"call_id": f"c{n}", "tags": []}) for n in range(3))
+
+    result = _run(worker_env, "publish", "--file", "-", stdin=lines)
+
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 3
+    assert redis_client.llen(runtime.settings.queue) == 3
+
+
+def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    result = _run(
+        worker_env,
+        "publish",
+        "--file",
+        "-",
+        stdin='{"call_id": "ok", "tags": []}\n{"call_id": "", "tags": []}',
+    )
+
+    assert result.returncode == 2
+    assert "call_id is empty" in result.stderr
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+
+def test_dead_show_of_an_unknown_id_exits_1(worker_env: dict[str, str], runtime: Runtime) -> None:
+    assert _run(worker_env, "dead", "show", "nope").returncode == 1
+    assert _run(worker_env, "dead", "replay", "nope").returncode == 1
+    assert _run(worker_env, "dead", "delete", "nope").returncode == 1
+
+
+def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime: Runtime) -> None:
+    for n, reason in enumerate(["invalid_event", "permanent_error", "permanent_error"]):
+        runtime.dead_letters.add(
+            record_id=f"e{n}",
+            reason=reason,
+            detail="d",
+            event={"call_id": f"c{n}"},
+            normalized=None,
+            attempts=[],
+            first_seen=0.0,
+            task_id=f"t{n}",
+        )
+
+    listed = _run(worker_env, "dead", "list", "--reason", "permanent_error", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)] == ["e2", "e1"]
+    shown = _run(worker_env, "dead", "show", "e0", "--json")
+    assert json.loads(shown.stdout)["event"] == {"call_id": "c0"}
+    assert "permanent_error" in _run({**worker_env, "COLUMNS": "200"}, "dead", "list").stdout
+
+    purged = _run(worker_env, "dead", "purge", "--reason", "permanent_error", "--yes")
+    assert purged.returncode == 0 and "deleted 2" in purged.stdout
+    assert [r["id"] for r in runtime.dead_letters.list()] == ["e0"]
+
+
+def test_doctor_passes_when_redis_credentials_and_endpoint_are_fine(
+    worker_env: dict[str, str], fake_api: FakeAlibabaApi
+) -> None:
+    result = _run(worker_env, "doctor")
+
+    assert result.returncode == 0, result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_doctor_says_in_plain_words_what_is_wrong(worker_env: dict[str, str]) -> None:
+    env = {
+        **worker_env,
+        "TAGGING_API_ENDPOINT": "127.0.0.1:9",
+        "TAGGING_BROKER_URL": "redis://127.0.0.1:9/0",
+        "ACCESS_KEY_SECRET": "",
+    }
+    result = _run(env, "doctor")
+
+    assert result.returncode == 1
+    assert "cannot reach the broker" in result.stdout
+    assert "cannot connect to 127.0.0.1:9" in result.stdout
+    assert "ACCESS_KEY_SECRET" in result.stdout
