@@ -18,10 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tagging_worker.cli_support import app_or_exit, settings_or_exit
-from tagging_worker.dead_letters import ReplayConflict, replay_event
 from tagging_worker.event import InvalidEvent
-from tagging_worker.messages import build_task_message
 from tagging_worker.publish import Publisher
+from tagging_worker.replay import replay_dead_letter
 from tagging_worker.runtime import Runtime
 
 cli = typer.Typer(
@@ -198,20 +197,9 @@ def dead_replay(
 ) -> None:
     """Put dead letters back on the queue with a fresh attempt budget (atomically)."""
     rt = _runtime()
-    store = rt.dead_letters
-    ids = _select(rt, record_ids, all_matching, reason, call_id)
-    queue = rt.settings.queue
     replayed = missing = 0
-    for record_id in ids:
-        try:
-            moved = store.replay(
-                record_id,
-                queue=queue,
-                build_message=lambda r: build_task_message(replay_event(r), queue=queue),
-            )
-        except ReplayConflict:
-            moved = False
-        if moved:
+    for record_id in _select(rt, record_ids, all_matching, reason, call_id):
+        if replay_dead_letter(rt, record_id):
             replayed += 1
         else:
             missing += 1

@@ -181,3 +181,17 @@ def test_doctor_says_in_plain_words_what_is_wrong(worker_env: dict[str, str]) ->
     assert "cannot reach the broker" in result.stdout
     assert "cannot connect to 127.0.0.1:9" in result.stdout
     assert "ACCESS_KEY_SECRET" in result.stdout
+
+
+@pytest.mark.e2e
+def test_demo_shows_events_applied_and_a_dead_letter_replayed() -> None:
+    env = {
+        "COLUMNS": "200",
+        "TAGGING_BROKER_URL": os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    }
+    result = _run(env, "demo")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dead letter" in result.stdout and "permanent_error" in result.stdout
+    assert "InvalidParameter.Tags → OK" in result.stdout
+    assert "every call holds its tags" in result.stdout
