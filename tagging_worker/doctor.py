@@ -56,12 +56,6 @@ def check_broker(settings: Settings) -> str:
     return _redis(settings.broker_url, "the broker (TAGGING_BROKER_URL)")
 
 
-def check_state_redis(settings: Settings) -> str:
-    if settings.redis_url is None:
-        return "same Redis as the broker"
-    return _redis(settings.redis_url, "the state Redis (TAGGING_REDIS_URL)")
-
-
 def check_credentials(settings: Settings) -> str:
     if settings.access_key_id and settings.access_key_secret:
         return "access key from ACCESS_KEY_ID/ACCESS_KEY_SECRET (or TAGGING_ variants)"
@@ -113,7 +107,6 @@ def _without_password(url: str) -> str:
 
 CHECKS: list[tuple[str, Check]] = [
     ("broker", check_broker),
-    ("state redis", check_state_redis),
     ("credentials", check_credentials),
     ("API endpoint", check_endpoint),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from tagging_worker.api import ApiFailure, ApiSuccess
+from tagging_worker.classify import FailureKind
 
 log = logging.getLogger("tagging_worker.events")
 
@@ -26,7 +27,7 @@ def applied(call_id: str, event_id: str, version: int, attempt: int, result: Api
 
 
 def retrying(call_id: str, event_id: str, attempt: int, failure: ApiFailure, delay: float) -> None:
-    level = logging.ERROR if failure.kind == "systemic" else logging.WARNING
+    level = logging.ERROR if failure.kind is FailureKind.SYSTEMIC else logging.WARNING
     log.log(
         level,
         "retrying call_id=%s event_id=%s attempt=%d kind=%s code=%s http_status=%s "

@@ -28,7 +28,7 @@ class Runtime:
     @cached_property
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(
-            self.settings.state_redis_url,
+            self.settings.broker_url,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,

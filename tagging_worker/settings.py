@@ -46,9 +46,10 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    broker_url: str = "redis://localhost:6379/0"
-    redis_url: str | None = Field(
-        default=None, description="Where the worker keeps its own state; the broker by default."
+    broker_url: str = Field(
+        default="redis://localhost:6379/0",
+        description="Also where the worker keeps its state: moving a message between the queue "
+        "and the retry or dead-letter sets is one Lua script, so they share one Redis.",
     )
     key_prefix: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     queue: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -97,10 +98,6 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             raise ValueError('expected a JSON object such as {"Code.Name": "transient"}')
         return parse_overrides(value)
-
-    @cached_property
-    def state_redis_url(self) -> str:
-        return self.redis_url or self.broker_url
 
     @cached_property
     def event_limits(self) -> EventLimits:
