@@ -2,7 +2,7 @@
 # Make this checkout runnable on a fresh Debian machine with Python 3.10+:
 # a virtualenv in .venv with the project installed, and a Redis answering on
 # TAGGING_TEST_REDIS_URL's host and port (127.0.0.1:6379 by default), installed with
-# apt-get and started if none answers. Safe to run again.
+# apt-get and started (loopback only, no persistence) if none answers. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +23,12 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
-redis_host=127.0.0.1
-redis_port=6379
+# The tests' Redis: TAGGING_TEST_REDIS_URL (redis://127.0.0.1:6379/0 by default).
+redis_url=${TAGGING_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+read -r redis_host redis_port < <(.venv/bin/python -c '
+import sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1])
+print(u.hostname or "127.0.0.1", u.port or 6379)' "$redis_url")
 
 redis_answers() {
   .venv/bin/python - "$redis_host" "$redis_port" <<'PY'
@@ -43,7 +47,7 @@ if ! redis_answers; then
   fi
   echo "bootstrap: starting redis-server on $redis_host:$redis_port" >&2
   redis-server --daemonize yes --bind "$redis_host" --port "$redis_port" \
-    --save "" --appendonly no --dir /tmp --logfile /tmp/tagging-worker-redis.log
+    --save "" --appendonly no --dir /tmp --logfile "/tmp/tagging-worker-redis-$redis_port.log"
   for _ in $(seq 1 50); do redis_answers && break; sleep 0.1; done
-  redis_answers || { echo "bootstrap: Redis did not start; see /tmp/tagging-worker-redis.log" >&2; exit 1; }
+  redis_answers || { echo "bootstrap: Redis did not start; see /tmp/tagging-worker-redis-$redis_port.log" >&2; exit 1; }
 fi
