@@ -43,6 +43,15 @@ def retrying(call_id: str, event_id: str, attempt: int, failure: ApiFailure, del
     )
 
 
+def dead_letters_trimmed(count: int, limit: int) -> None:
+    log.warning(
+        "dead-letter store over its limit of %d records: the %d oldest were deleted "
+        "(raise TAGGING_DEAD_LETTER_MAX_RECORDS, or replay/purge what is there)",
+        limit,
+        count,
+    )
+
+
 def dead(record_id: str, call_id: object, reason: str, detail: str, attempts: int) -> None:
     log.error(
         "dead-lettered id=%s call_id=%s reason=%s attempts=%d detail=%s",

@@ -152,7 +152,7 @@ def _bury(
     """Dead-letter under the event's id (the task's for an invalid event), so a redelivered
     message replaces its record instead of adding a second one."""
     record_id = update.event_id if update else task_id
-    rt.dead_letters.add(
+    trimmed = rt.dead_letters.add(
         record_id=record_id,
         reason=reason,
         detail=detail,
@@ -165,6 +165,8 @@ def _bury(
     rt.outcomes.add(Outcome.DEAD)
     call_id = update.call_id if update else _peek(state.received, "call_id")
     observe.dead(record_id, call_id, reason, detail, len(state.attempts))
+    if trimmed:
+        observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
     return Outcome.DEAD
 
 
