@@ -46,9 +46,10 @@ def create_app(settings: Settings) -> Celery:
         # One message in hand per worker slot: an acked-late message waiting in a local
         # buffer is one a crash would delay, and prefetching helps nothing for I/O-bound work.
         worker_prefetch_multiplier=1,
-        # Longer than any task can run (timeouts bound each call), so Redis never hands a
-        # running task to a second worker.
-        broker_transport_options={"visibility_timeout": 3600},
+        # How soon a dead worker's messages come back. Longer than any task runs (API
+        # timeouts bound each call); should it ever run out early, the per-call lease and
+        # the event's fate keep the second delivery harmless.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

@@ -44,7 +44,10 @@ end
 return trimmed
 """
 
-# KEYS: all, record; ARGV: id, prefix, queue ('' to only delete), message, expected json
+# KEYS: all, record, fate, outcomes, pending ('' when unknown)
+# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version
+# A replay also gives the event its ledger entry back (it is no longer dead) and registers
+# its version as pending again, as publishing does.
 _TAKE = """
 local f = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'json')
 if not f[3] then return 0 end
@@ -53,7 +56,11 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', ARGV[2] .. ':dead:reason:' .. f[1], ARGV[1])
 redis.call('ZREM', ARGV[2] .. ':dead:call:' .. f[2], ARGV[1])
 redis.call('DEL', KEYS[2])
-if ARGV[3] ~= '' then redis.call('LPUSH', ARGV[3], ARGV[4]) end
+if ARGV[3] == '' then return 1 end
+if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
+redis.call('HINCRBY', KEYS[4], 'replayed', 1)
+if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
+redis.call('LPUSH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -203,27 +210,41 @@ class DeadLetterStore:
                     kept += 1
 
     def delete(self, record_id: str) -> bool:
-        return self._run_take(record_id, queue="", message="", expected="") == 1
+        """Forget a record; the event's fate stays `dead` in the ledger."""
+        k = self._keys
+        return (
+            self._take(
+                keys=[k.dead_all, k.dead_record(record_id), "", "", ""],
+                args=[record_id, k.prefix, "", "", "", "", 0],
+            )
+            == 1
+        )
 
     def replay(self, record_id: str, *, queue: str, build_message: Callable[[dict], str]) -> bool:
         """Move one record back onto the queue in one step; False if it is no longer here."""
         raw = self._redis.hget(self._keys.dead_record(record_id), "json")
         if raw is None:
             return False
-        message = build_message(json.loads(raw))
-        outcome = self._run_take(record_id, queue=queue, message=message, expected=raw.decode())
-        if outcome == -1:
-            raise ReplayConflict(record_id)
-        return outcome == 1
-
-    def _run_take(self, record_id: str, *, queue: str, message: str, expected: str) -> int:
+        record = json.loads(raw)
+        event = record.get("normalized") or {}
+        event_id = str(event.get("event_id") or record_id)
         k = self._keys
-        return int(
-            self._take(
-                keys=[k.dead_all, k.dead_record(record_id)],
-                args=[record_id, k.prefix, queue, message, expected],
-            )
+        pending = k.pending(event["call_id"]) if "version" in event else ""
+        moved = self._take(
+            keys=[k.dead_all, k.dead_record(record_id), k.fate(event_id), k.outcomes, pending],
+            args=[
+                record_id,
+                k.prefix,
+                queue,
+                build_message(record),
+                raw.decode(),
+                event_id,
+                event.get("version", 0),
+            ],
         )
+        if moved == -1:
+            raise ReplayConflict(record_id)
+        return moved == 1
 
     def _fetch(self, ids: list[bytes]) -> Iterator[dict[str, Any]]:
         pipe = self._redis.pipeline(transaction=False)

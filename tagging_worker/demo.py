@@ -70,7 +70,7 @@ def _story(out: Console, rt: Runtime, api: FakeAlibabaApi, sample_count: int) ->
         }
         for n in range(1, sample_count + 1)
     ]
-    publisher = Publisher(rt.redis, queue=rt.settings.queue, limits=rt.settings.event_limits)
+    publisher = Publisher(rt.ordering, limits=rt.settings.event_limits)
     publisher.publish_many(events)
     out.print(
         f"published {len(events)} events; {THROTTLED} will be throttled once, "

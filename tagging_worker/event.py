@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-MAX_VERSION = 2**63 - 1  # Redis integers are signed 64-bit
+MAX_VERSION = 2**53 - 1  # sorted-set scores and Lua numbers are doubles: exact up to here
 MAX_EVENT_ID_LENGTH = 128
 MAX_SOURCE_LENGTH = 128
 KNOWN_FIELDS = ("call_id", "tags", "version", "event_id", "occurred_at", "source")

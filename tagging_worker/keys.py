@@ -35,6 +35,26 @@ class Keys:
         """Sorted set of task messages waiting for their retry time (score: due, ms)."""
         return self._k("retry", "due")
 
+    def applied(self, call_id: str) -> str:
+        """Highest version applied to the call."""
+        return self._k("call", call_id, "applied")
+
+    def pending(self, call_id: str) -> str:
+        """Sorted set of event ids published for the call and not finished, by version."""
+        return self._k("call", call_id, "pending")
+
+    def parked(self, call_id: str) -> str:
+        """Sorted set of older events held back while a newer one is pending, by version."""
+        return self._k("call", call_id, "parked")
+
+    def lease(self, call_id: str) -> str:
+        """The one-writer-at-a-time lock of the call (value: the holder's token)."""
+        return self._k("call", call_id, "lease")
+
+    def fate(self, event_id: str) -> str:
+        """How the event ended; set once."""
+        return self._k("fate", event_id)
+
     @property
     def outcomes(self) -> str:
         """Hash of outcome counters."""

@@ -43,6 +43,14 @@ def retrying(call_id: str, event_id: str, attempt: int, failure: ApiFailure, del
     )
 
 
+def skipped(call_id: str, event_id: str, version: int, why: str) -> None:
+    log.info("skipped call_id=%s event_id=%s version=%s why=%s", call_id, event_id, version, why)
+
+
+def resurrected(call_id: str) -> None:
+    log.info("requeued the newest held-back event of call_id=%s after a newer one died", call_id)
+
+
 def dead_letters_trimmed(count: int, limit: int) -> None:
     log.warning(
         "dead-letter store over its limit of %d records: the %d oldest were deleted "

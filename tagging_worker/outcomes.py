@@ -10,10 +10,17 @@ from tagging_worker.keys import Keys
 
 
 class Outcome(str, Enum):
+    """The four fates (every event ends in exactly one) and two counts of work done."""
+
     APPLIED = "applied"
+    STALE = "stale"
+    SUPERSEDED = "superseded"
     DEAD = "dead"
     RETRIED = "retried"
     REPLAYED = "replayed"
+
+
+FATES = (Outcome.APPLIED, Outcome.STALE, Outcome.SUPERSEDED, Outcome.DEAD)
 
 
 class OutcomeCounters:

@@ -2,7 +2,9 @@
 
 Events are checked here first, so a producer hears about a bad event at once instead of
 finding it in the dead letters; defaults (`version`, `event_id`) are fixed at publish time,
-as the contract says, so redeliveries and retries of one event agree on them.
+as the contract says, so redeliveries and retries of one event agree on them. Each event's
+version is registered as pending for its call as it is queued, which is what lets workers
+skip older events that a newer one will overwrite anyway.
 """
 
 from __future__ import annotations
@@ -12,57 +14,66 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import redis
-
-from tagging_worker.event import EventLimits, validate_event
+from tagging_worker.event import EventLimits, InvalidEvent, TagUpdate, validate_event
 from tagging_worker.messages import build_task_message
+from tagging_worker.ordering import Ordering
+from tagging_worker.runtime import Runtime
 from tagging_worker.settings import Settings, load_settings
 
 
 class Publisher:
-    def __init__(self, client: redis.Redis, *, queue: str, limits: EventLimits) -> None:
-        self._redis = client
-        self._queue = queue
+    def __init__(self, ordering: Ordering, *, limits: EventLimits) -> None:
+        self._ordering = ordering
         self._limits = limits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
-        return cls(
-            redis.Redis.from_url(settings.broker_url),
-            queue=settings.queue,
-            limits=settings.event_limits,
-        )
+        return cls(Runtime(settings).ordering, limits=settings.event_limits)
 
-    def prepare(self, event: Mapping[str, Any], *, validate: bool = True) -> tuple[str, str]:
-        """Fill the defaults and build the message; returns (event_id, message).
+    def publish(self, event: Mapping[str, Any], *, validate: bool = True) -> str:
+        """Queue one event; returns its `event_id`.
 
         `validate=False` lets tools put a deliberately bad event on the queue (the demo, tests
         of the dead-letter path); a normal producer never needs it.
         """
+        return self.publish_many([event], validate=validate)[0]
+
+    def publish_many(
+        self, events: Iterable[Mapping[str, Any]], *, validate: bool = True, chunk: int = 1000
+    ) -> list[str]:
+        """Every event is checked before any is sent; then they are pipelined in chunks."""
+        prepared = [self._prepare(event, validate) for event in events]
+        for start in range(0, len(prepared), chunk):
+            pipe = self._ordering.client.pipeline(transaction=False)
+            for full, update in prepared[start : start + chunk]:
+                message = build_task_message(full, queue=self._ordering.queue)
+                if update is None:
+                    pipe.lpush(self._ordering.queue, message)
+                else:
+                    self._ordering.publish(
+                        update.call_id, update.version, update.event_id, message, pipe=pipe
+                    )
+            pipe.execute()
+        return [str(full["event_id"]) for full, _ in prepared]
+
+    def _prepare(
+        self, event: Mapping[str, Any], validate: bool
+    ) -> tuple[dict[str, Any], TagUpdate | None]:
         full = dict(event)
         full.setdefault("version", int(time.time() * 1000))
         full.setdefault("event_id", str(uuid.uuid4()))
-        if validate:
-            validate_event(
+        try:
+            update = validate_event(
                 full,
                 limits=self._limits,
                 default_version=full["version"],
-                default_event_id=full["event_id"],
+                default_event_id=str(full["event_id"]),
             )
-        return str(full["event_id"]), build_task_message(full, queue=self._queue)
-
-    def publish(self, event: Mapping[str, Any], *, validate: bool = True) -> str:
-        event_id, message = self.prepare(event, validate=validate)
-        self._redis.lpush(self._queue, message)
-        return event_id
-
-    def publish_many(self, events: Iterable[Mapping[str, Any]], *, chunk: int = 1000) -> list[str]:
-        """Bulk publishing: every event is validated before any is sent, then pipelined."""
-        prepared = [self.prepare(event) for event in events]
-        for start in range(0, len(prepared), chunk):
-            messages = [message for _, message in prepared[start : start + chunk]]
-            self._redis.lpush(self._queue, *messages)
-        return [event_id for event_id, _ in prepared]
+        except InvalidEvent:
+            if validate:
+                raise
+            update = None
+        return full, update
 
 
 def publish_tag_update(

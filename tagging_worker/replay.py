@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from tagging_worker.dead_letters import ReplayConflict, replay_event
 from tagging_worker.messages import build_task_message
-from tagging_worker.outcomes import Outcome
 from tagging_worker.runtime import Runtime
 
 
@@ -22,6 +21,4 @@ def replay_dead_letter(rt: Runtime, record_id: str) -> bool:
         )
     except ReplayConflict:
         return False
-    if moved:
-        rt.outcomes.add(Outcome.REPLAYED)
     return moved

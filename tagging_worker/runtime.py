@@ -16,6 +16,7 @@ import redis
 from tagging_worker.api import TagsApi
 from tagging_worker.dead_letters import DeadLetterStore
 from tagging_worker.keys import Keys
+from tagging_worker.ordering import Ordering
 from tagging_worker.outcomes import OutcomeCounters
 from tagging_worker.retry_schedule import RetrySchedule
 from tagging_worker.settings import Settings, load_settings
@@ -46,6 +47,16 @@ class Runtime:
     def dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(
             self.redis, self.keys, max_records=self.settings.dead_letter_max_records
+        )
+
+    @cached_property
+    def ordering(self) -> Ordering:
+        return Ordering(
+            self.redis,
+            self.keys,
+            queue=self.settings.queue,
+            version_ttl=self.settings.version_ttl_seconds,
+            fate_ttl=self.settings.fate_ttl_seconds,
         )
 
     @cached_property

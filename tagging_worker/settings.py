@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     )
 
     dead_letter_max_records: int = Field(default=1_000_000, ge=1)
+    dead_letter_max_raw_bytes: int = Field(
+        default=65_536, ge=256, description="Bodies of undecodable messages are kept up to this."
+    )
+    version_ttl_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="How long a call's applied version is remembered."
+    )
+    fate_ttl_seconds: int = Field(
+        default=7 * 86_400,
+        ge=60,
+        description="How long an event's outcome is remembered to recognise redeliveries.",
+    )
+    visibility_timeout_seconds: int = Field(
+        default=300,
+        ge=5,
+        description="A message a worker took and never acknowledged (the worker died) is "
+        "delivered again after this; it must exceed the longest task.",
+    )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
 
     @field_validator("error_codes", mode="before")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,28 +20,43 @@ from tagging_worker.classify import FailureKind
 from tagging_worker.dead_letters import Attempt
 from tagging_worker.event import InvalidEvent, TagUpdate, validate_event
 from tagging_worker.messages import TASK_NAME, build_task_message
+from tagging_worker.ordering import Begin, lease_ms_for
 from tagging_worker.outcomes import Outcome
 from tagging_worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
+BUSY_WAIT_SECONDS = (0.05, 0.3)
+"""How long an event waits when another worker is writing its call (jittered)."""
+
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
-def update_call_tags(self: Any, event: Any, retry_state: dict[str, Any] | None = None) -> str:
-    """Celery drops a message whose task raises, so nothing may escape: a bug dead-letters
-    the event as `internal_error`, and Redis trouble puts the message back on the queue."""
+def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
+    """Celery drops a message whose task raises, so nothing may escape: a message of the
+    wrong shape or a bug dead-letters the event, and Redis trouble puts the message back."""
     rt = get_runtime()
     task_id = self.request.id
     try:
+        if len(args) != 1 or set(kwargs) - {"retry_state"}:
+            state = RetryState(
+                received={"args": list(args), "kwargs": kwargs}, first_seen=time.time()
+            )
+            detail = (
+                "the task takes one positional argument, the event; got "
+                f"{len(args)} positional and keyword arguments {sorted(kwargs)}"
+            )
+            return _bury(rt, state, None, "invalid_event", detail, task_id=task_id).value
+        event, carried = args[0], kwargs.get("retry_state")
         try:
-            return process(rt, event, retry_state, task_id=task_id).value
+            return process(rt, event, carried, task_id=task_id)
         except redis.RedisError:
             raise
         except Exception as exc:
             log.exception("internal error while processing task %s", task_id)
-            state = RetryState.resume(retry_state, event, time.time())
+            state = RetryState.resume(carried, event, time.time())
+            update = _validated_or_none(rt, event, task_id)
             detail = f"{type(exc).__name__}: {exc}"
-            return _bury(rt, state, None, "internal_error", detail, task_id=task_id).value
+            return _bury(rt, state, update, "internal_error", detail, task_id=task_id).value
     except redis.RedisError as exc:
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
 
@@ -77,7 +94,8 @@ class RetryState:
         return {"received": self.received, "first_seen": self.first_seen, "attempts": self.attempts}
 
 
-def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: str) -> Outcome:
+def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: str) -> str:
+    """Returns the outcome, or what happened on the way to one (retried, parked, ...)."""
     now = time.time()
     state = RetryState.resume(carried, raw, now)
     try:
@@ -88,21 +106,39 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
             default_event_id=task_id,
         )
     except InvalidEvent as exc:
-        return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id)
+        return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id).value
+
+    token = uuid.uuid4().hex
+    step = rt.ordering.begin(
+        update.call_id,
+        update.version,
+        update.event_id,
+        _message(rt, update, state),
+        token=token,
+        lease_ms=lease_ms_for(rt.settings.api_connect_timeout_ms, rt.settings.api_read_timeout_ms),
+    )
+    if step is Begin.BUSY:
+        rt.retries.schedule(_message(rt, update, state), delay=random.uniform(*BUSY_WAIT_SECONDS))
+        return step.value
+    if step is not Begin.GO:
+        observe.skipped(update.call_id, update.event_id, update.version, step.value)
+        return step.value
 
     result = rt.api.update_tags(update.call_id, update.tags_json)
     if isinstance(result, ApiSuccess):
-        rt.outcomes.add(Outcome.APPLIED)
+        rt.ordering.applied(update.call_id, update.version, update.event_id, token=token)
         observe.applied(
             update.call_id, update.event_id, update.version, len(state.attempts) + 1, result
         )
-        return Outcome.APPLIED
+        return Outcome.APPLIED.value
 
     state = state.after(result, now)
     detail = f"{result.code}: {result.message}"
     if result.kind is FailureKind.PERMANENT:
-        return _bury(rt, state, update, "permanent_error", detail, task_id=task_id)
-    return _retry_or_bury(rt, state, update, result, detail, now, task_id=task_id)
+        return _bury(
+            rt, state, update, "permanent_error", detail, task_id=task_id, token=token
+        ).value
+    return _retry_or_bury(rt, state, update, result, detail, now, task_id=task_id, token=token)
 
 
 def _retry_or_bury(
@@ -114,7 +150,8 @@ def _retry_or_bury(
     now: float,
     *,
     task_id: str,
-) -> Outcome:
+    token: str,
+) -> str:
     s = rt.settings
     delay = compute_delay(
         len(state.attempts),
@@ -132,12 +169,12 @@ def _retry_or_bury(
         delay=delay,
     )
     if isinstance(step, GiveUp):
-        return _bury(rt, state, update, step.reason, detail, task_id=task_id)
-    message = build_task_message(update.as_event(), queue=s.queue, retry_state=state.as_dict())
-    rt.retries.schedule(message, delay=step.delay)
+        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
+    rt.ordering.release(update.call_id, token=token)
+    rt.retries.schedule(_message(rt, update, state), delay=step.delay)
     rt.outcomes.add(Outcome.RETRIED)
     observe.retrying(update.call_id, update.event_id, len(state.attempts), failure, step.delay)
-    return Outcome.RETRIED
+    return Outcome.RETRIED.value
 
 
 def _bury(
@@ -148,9 +185,11 @@ def _bury(
     detail: str,
     *,
     task_id: str,
+    token: str = "",
 ) -> Outcome:
     """Dead-letter under the event's id (the task's for an invalid event), so a redelivered
-    message replaces its record instead of adding a second one."""
+    message replaces its record instead of adding a second one; then record the fate, which
+    may put back an older event of the call that this one had held back."""
     record_id = update.event_id if update else task_id
     trimmed = rt.dead_letters.add(
         record_id=record_id,
@@ -162,12 +201,35 @@ def _bury(
         first_seen=state.first_seen,
         task_id=task_id,
     )
-    rt.outcomes.add(Outcome.DEAD)
+    if update is None:
+        rt.ordering.finish(record_id, Outcome.DEAD)
+    else:
+        if rt.ordering.dead(update.call_id, update.event_id, token=token) == "resurrected":
+            observe.resurrected(update.call_id)
     call_id = update.call_id if update else _peek(state.received, "call_id")
     observe.dead(record_id, call_id, reason, detail, len(state.attempts))
     if trimmed:
         observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
     return Outcome.DEAD
+
+
+def _message(rt: Runtime, update: TagUpdate, state: RetryState) -> str:
+    """The event as a self-contained message, to run again later or to hold back."""
+    return build_task_message(
+        update.as_event(), queue=rt.settings.queue, retry_state=state.as_dict()
+    )
+
+
+def _validated_or_none(rt: Runtime, raw: Any, task_id: str) -> TagUpdate | None:
+    try:
+        return validate_event(
+            raw,
+            limits=rt.settings.event_limits,
+            default_version=int(time.time() * 1000),
+            default_event_id=task_id,
+        )
+    except InvalidEvent:
+        return None
 
 
 def _peek(event: Any, name: str) -> Any:

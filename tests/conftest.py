@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from tagging_worker.outcomes import FATES
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
 
@@ -151,6 +152,16 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+
+
+def settled(runtime: Runtime, n: int) -> Callable[[], bool]:
+    """True once `n` events have their fate (applied, stale, superseded or dead)."""
+
+    def check() -> bool:
+        counts = runtime.outcomes.snapshot()
+        return sum(counts[fate.value] for fate in FATES) >= n
+
+    return check
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:

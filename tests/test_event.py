@@ -60,6 +60,7 @@ BAD_EVENTS = [
     ("string version", _event(version="3"), "version must be an integer, got string"),
     ("bool version", _event(version=True), "version must be an integer, got boolean"),
     ("version too large", _event(version=2**63), "version must be at most"),
+    ("version past 2**53", _event(version=2**53), "version must be at most"),
     ("empty event_id", _event(event_id=""), "event_id is empty"),
     ("numeric event_id", _event(event_id=5), "event_id must be a string, got int"),
     ("source not a string", _event(source=["crm"]), "source must be a string, got array"),

@@ -17,24 +17,13 @@ from tagging_worker.messages import TASK_NAME
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess, wait_for
+from tests.conftest import settled as _settled
 
 pytestmark = pytest.mark.e2e
 
 
 def _publisher(runtime: Runtime) -> Publisher:
-    return Publisher(
-        runtime.redis, queue=runtime.settings.queue, limits=runtime.settings.event_limits
-    )
-
-
-def _settled(runtime: Runtime, n: int) -> Callable[[], bool]:
-    """True once `n` events have ended as applied or dead."""
-
-    def check() -> bool:
-        counts = runtime.outcomes.snapshot()
-        return counts["applied"] + counts["dead"] >= n
-
-    return check
+    return Publisher(runtime.ordering, limits=runtime.settings.event_limits)
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
