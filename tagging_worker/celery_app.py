@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Queue
 
+from tagging_worker.poison import install_tolerant_transport
 from tagging_worker.retry_schedule import RetryMover
 from tagging_worker.settings import Settings
 
@@ -32,6 +33,7 @@ class RetryMoverStep(bootsteps.StartStopStep):
 
 
 def create_app(settings: Settings) -> Celery:
+    install_tolerant_transport()
     app = Celery("tagging_worker", broker=settings.broker_url, set_as_current=True)
     app.conf.update(
         task_serializer="json",
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
+        worker_consumer="tagging_worker.poison:PoisonAwareConsumer",
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
         worker_pool=settings.worker_pool.value,

@@ -92,10 +92,13 @@ class ReplayConflict(Exception):
 
 
 class DeadLetterStore:
-    def __init__(self, client: redis.Redis, keys: Keys, *, max_records: int) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, max_records: int, max_event_bytes: int = 65_536
+    ) -> None:
         self._redis = client
         self._keys = keys
         self._max = max_records
+        self._max_event_bytes = max_event_bytes
         self._add = client.register_script(_ADD)
         self._take = client.register_script(_TAKE)
 
@@ -125,7 +128,7 @@ class DeadLetterStore:
             "event_id": _field(normalized, event, "event_id"),
             "version": _field(normalized, event, "version"),
             "source": _field(normalized, event, "source"),
-            "event": event,
+            "event": self._bounded(event),
             "normalized": normalized,
             "attempts": attempts,
             "first_seen": first_seen,
@@ -152,6 +155,14 @@ class DeadLetterStore:
                 ],
             )
         )
+
+    def _bounded(self, event: Any) -> Any:
+        """A huge message is kept as its first bytes, so one bad producer cannot fill Redis."""
+        text = json.dumps(event, ensure_ascii=False, default=repr)
+        if len(text.encode()) <= self._max_event_bytes:
+            return event
+        head = text.encode()[: self._max_event_bytes].decode("utf-8", "ignore")
+        return {"truncated": True, "size_bytes": len(text.encode()), "head": head}
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         raw = self._redis.hget(self._keys.dead_record(record_id), "json")

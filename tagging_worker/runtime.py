@@ -46,7 +46,10 @@ class Runtime:
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(
-            self.redis, self.keys, max_records=self.settings.dead_letter_max_records
+            self.redis,
+            self.keys,
+            max_records=self.settings.dead_letter_max_records,
+            max_event_bytes=self.settings.dead_letter_max_raw_bytes,
         )
 
     @cached_property

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
 
     dead_letter_max_records: int = Field(default=1_000_000, ge=1)
     dead_letter_max_raw_bytes: int = Field(
-        default=65_536, ge=256, description="Bodies of undecodable messages are kept up to this."
+        default=65_536,
+        ge=256,
+        description="Events and raw message bodies are kept in dead letters up to this size.",
     )
     version_ttl_seconds: int = Field(
         default=7 * 86_400, ge=60, description="How long a call's applied version is remembered."

@@ -1,0 +1,95 @@
+"""Broken messages pushed straight into the queue end in the dead letters; the worker goes on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.messages import build_task_message
+from tagging_worker.publish import Publisher
+from tagging_worker.runtime import Runtime
+from tests.conftest import WorkerProcess, settled, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _envelope(event: Any = None, **changes: Any) -> dict[str, Any]:
+    message = json.loads(build_task_message(event or {"call_id": "c", "tags": []}, queue="q"))
+    message.update(changes)
+    return message
+
+
+def _with_body(body: Any, **changes: Any) -> bytes:
+    encoded = base64.b64encode(json.dumps(body).encode()).decode()
+    return json.dumps(_envelope(body=encoded, **changes)).encode()
+
+
+def _with_task(name: str) -> bytes:
+    message = _envelope()
+    message["headers"]["task"] = name
+    return json.dumps(message).encode()
+
+
+PICKLED = json.dumps(
+    _envelope(
+        body=base64.b64encode(pickle.dumps(([{"call_id": "c", "tags": []}], {}, {}))).decode(),
+        **{"content-type": "application/x-python-serialize", "content-encoding": "binary"},
+    )
+).encode()
+EVENT = {"call_id": "c", "tags": []}
+
+POISON = {
+    "garbage bytes": (b"\x00\xff\xfenot json at all", "undecodable_message"),
+    "json but no envelope": (b"[1, 2, 3]", "undecodable_message"),
+    "pickle content type": (PICKLED, "undecodable_message"),
+    "body not json": (
+        json.dumps(_envelope(body=base64.b64encode(b"{nope").decode())).encode(),
+        "undecodable_message",
+    ),
+    "unknown task": (_with_task("someone.elses_task"), "unknown_task"),
+    "two positional args": (_with_body([[EVENT, EVENT], {}, {}]), "invalid_event"),
+    "no positional args": (_with_body([[], {}, {}]), "invalid_event"),
+    "unknown keyword": (_with_body([[EVENT], {"force": True}, {}]), "invalid_event"),
+    "body not protocol 2": (_with_body({"task": "x"}), "invalid_event"),
+    "huge event": (
+        _with_body([[{"call_id": "c", "tags": ["x" * 2_000_000]}], {}, {}]),
+        "invalid_event",
+    ),
+}
+
+
+def test_poison_messages_are_dead_lettered_with_their_raw_body_and_the_worker_keeps_running(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    queue = runtime.settings.queue
+    for raw, _ in POISON.values():
+        redis_client.lpush(queue, raw)
+    start_worker()
+
+    wait_for(settled(runtime, len(POISON)), what="every poison message dead-lettered")
+    Publisher(runtime.ordering, limits=runtime.settings.event_limits).publish(
+        {"call_id": "call-after", "tags": ["still here"]}
+    )
+    wait_for(lambda: fake_api.tags_of("call-after") == ["still here"], what="a good event after")
+
+    records = runtime.dead_letters.list(limit=100)
+    assert sorted(r["reason"] for r in records) == sorted(reason for _, reason in POISON.values())
+    assert runtime.outcomes.snapshot()["dead"] == len(POISON)
+    garbage = next(r for r in records if "not json at all" in json.dumps(r["event"]))
+    assert garbage["reason"] == "undecodable_message"
+    huge = next(r for r in records if isinstance(r["event"], dict) and r["event"].get("truncated"))
+    assert huge["event"]["size_bytes"] > 2_000_000
+    assert len(json.dumps(huge)) < 3 * runtime.settings.dead_letter_max_raw_bytes
+    pickled = next(r for r in records if "python-serialize" in r["detail"])
+    assert pickled["event"]["content_type"] == "application/x-python-serialize"
+    assert [c.call_id for c in fake_api.calls()] == ["call-after"]
