@@ -51,7 +51,12 @@ def create_app(settings: Settings) -> Celery:
         # How soon a dead worker's messages come back. Longer than any task runs (API
         # timeouts bound each call); should it ever run out early, the per-call lease and
         # the event's fate keep the second delivery harmless.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        # kombu looks for such messages only every ~100 s by default; look every few seconds.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_consumer="tagging_worker.poison:PoisonAwareConsumer",

@@ -29,13 +29,20 @@ _json_loads = kombu_redis.loads
 
 
 def tolerant_loads(raw: Any) -> Any:
-    """kombu's decoder for queue items, except that garbage becomes an opaque message."""
+    """kombu's decoder for Redis items, except that a queue item that is not a message
+    envelope becomes an opaque message instead of an exception that loses it.
+
+    kombu decodes two shapes with this: message envelopes (queue items) and
+    `[envelope, exchange, routing_key]` triples (its own unacked records); both pass as they are.
+    """
     try:
-        envelope = _json_loads(raw)
+        decoded = _json_loads(raw)
     except (ValueError, TypeError):
-        envelope = None
-    if isinstance(envelope, dict) and isinstance(envelope.get("properties"), dict):
-        return envelope
+        decoded = None
+    if _is_envelope(decoded) or (
+        isinstance(decoded, list) and len(decoded) == 3 and _is_envelope(decoded[0])
+    ):
+        return decoded
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
     return {
         "body": base64.b64encode(data).decode(),
@@ -49,6 +56,10 @@ def tolerant_loads(raw: Any) -> Any:
             "priority": 0,
         },
     }
+
+
+def _is_envelope(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("properties"), dict)
 
 
 def install_tolerant_transport() -> None:

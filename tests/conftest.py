@@ -129,6 +129,11 @@ class WorkerProcess:
                 self.proc.wait()
         self._log.close()
 
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children): a crash, no goodbye."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

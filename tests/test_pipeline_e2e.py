@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from tagging_worker.fake_api.server import FakeAlibabaApi
@@ -194,3 +197,84 @@ def test_prefork_pool_applies_events_and_retries(
 
     wait_for(_settled(runtime, 20), what="twenty events applied")
     assert fake_api.all_tags() == {f"call-{n}": [f"t{n}"] for n in range(20)}
+
+
+def test_a_burst_of_updates_to_one_call_ends_in_a_handful_of_calls_and_the_newest_tags(
+    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    versions = list(range(1, 101))
+    random.Random(5).shuffle(versions)
+    _publisher(runtime).publish_many(
+        [{"call_id": "call-burst", "tags": [f"v{v}"], "version": v} for v in versions]
+    )
+    start_worker()
+
+    wait_for(_settled(runtime, 100), what="all hundred events settled")
+
+    assert fake_api.tags_of("call-burst") == ["v100"]
+    assert len(fake_api.calls()) <= 5
+    counts = runtime.outcomes.snapshot()
+    assert counts["applied"] == len(fake_api.calls())
+    assert counts["applied"] + counts["stale"] + counts["superseded"] == 100
+
+
+def test_replaying_an_older_version_after_a_newer_one_applied_ends_stale(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+) -> None:
+    fake_api.add_fault("error", call_id="call-o", times=1, code="InvalidParameter", http_status=400)
+    publisher = _publisher(runtime)
+    old = publisher.publish({"call_id": "call-o", "tags": ["old"], "version": 3})
+    start_worker()
+    wait_for(_settled(runtime, 1), what="version 3 dead-lettered")
+    publisher.publish({"call_id": "call-o", "tags": ["new"], "version": 5})
+    wait_for(lambda: fake_api.tags_of("call-o") == ["new"], what="version 5 applied")
+
+    assert _cli(worker_env, "dead", "replay", old).returncode == 0
+
+    wait_for(lambda: runtime.ordering.fate(old) == "stale", what="the replay judged stale")
+    assert fake_api.tags_of("call-o") == ["new"]
+    assert [c.tags for c in fake_api.calls()] == [["old"], ["new"]]
+
+
+def test_a_sigkilled_workers_in_flight_event_is_redelivered_and_applied(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    fake_api.add_fault("stall", call_id="call-k", times=1)
+    _publisher(runtime).publish({"call_id": "call-k", "tags": ["survivor"], "version": 1})
+    doomed = start_worker(TAGGING_VISIBILITY_TIMEOUT_SECONDS="5")
+    wait_for(lambda: redis_client.llen(runtime.settings.queue) == 0, what="the event taken")
+    time.sleep(0.5)
+
+    doomed.kill()
+    fake_api.release_stalls()
+    start_worker(TAGGING_VISIBILITY_TIMEOUT_SECONDS="5")
+
+    wait_for(_settled(runtime, 1), timeout=60, what="the event redelivered and applied")
+    assert runtime.dead_letters.count() == 0
+    assert fake_api.tags_of("call-k") == ["survivor"]
+    assert runtime.outcomes.snapshot()["applied"] == 1
+
+
+def test_sigterm_lets_the_in_flight_event_finish_before_the_worker_exits(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    fake_api.add_fault("stall", call_id="call-w", times=1, seconds=1.5)
+    _publisher(runtime).publish({"call_id": "call-w", "tags": ["finished"], "version": 1})
+    worker = start_worker()
+    wait_for(lambda: redis_client.llen(runtime.settings.queue) == 0, what="the event taken")
+    time.sleep(0.3)
+
+    worker.stop(timeout=30)
+
+    assert worker.proc.returncode == 0
+    assert fake_api.tags_of("call-w") == ["finished"]
+    assert runtime.outcomes.snapshot()["applied"] == 1

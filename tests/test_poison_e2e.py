@@ -13,11 +13,10 @@ import redis
 
 from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
+from tagging_worker.poison import OPAQUE_CONTENT_TYPE, tolerant_loads
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
 from tests.conftest import WorkerProcess, settled, wait_for
-
-pytestmark = pytest.mark.e2e
 
 
 def _envelope(event: Any = None, **changes: Any) -> dict[str, Any]:
@@ -65,6 +64,7 @@ POISON = {
 }
 
 
+@pytest.mark.e2e
 def test_poison_messages_are_dead_lettered_with_their_raw_body_and_the_worker_keeps_running(
     runtime: Runtime,
     fake_api: FakeAlibabaApi,
@@ -93,3 +93,19 @@ def test_poison_messages_are_dead_lettered_with_their_raw_body_and_the_worker_ke
     pickled = next(r for r in records if "python-serialize" in r["detail"])
     assert pickled["event"]["content_type"] == "application/x-python-serialize"
     assert [c.call_id for c in fake_api.calls()] == ["call-after"]
+
+
+@pytest.mark.parametrize("raw", [b"\x00\xffgarbage", b"[1, 2, 3]", b'{"no": "properties"}', b"42"])
+def test_queue_items_that_are_not_envelopes_become_opaque_messages(raw: bytes) -> None:
+    decoded = tolerant_loads(raw.decode("utf-8", "surrogateescape"))
+
+    assert decoded["content-type"] == OPAQUE_CONTENT_TYPE
+    assert base64.b64decode(decoded["body"]) == raw
+
+
+def test_envelopes_and_kombus_unacked_triples_pass_through_unchanged() -> None:
+    envelope = _envelope()
+    triple = [envelope, "", "q"]
+
+    assert tolerant_loads(json.dumps(envelope)) == envelope
+    assert tolerant_loads(json.dumps(triple)) == triple
