@@ -8,28 +8,34 @@ from celery import Celery, bootsteps
 from kombu import Queue
 
 from tagging_worker.poison import install_tolerant_transport
-from tagging_worker.retry_schedule import RetryMover
+from tagging_worker.retry_schedule import Housekeeper
 from tagging_worker.settings import Settings
 
 
-class RetryMoverStep(bootsteps.StartStopStep):
-    """Runs the delayed-retry mover inside every worker, started and stopped with it."""
+class HousekeeperStep(bootsteps.StartStopStep):
+    """Runs the housekeeper (due retries, lost messages) in every worker, with the worker."""
 
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
-        self.mover: RetryMover | None = None
+        self.housekeeper: Housekeeper | None = None
 
     def start(self, worker: Any) -> None:
         from tagging_worker.runtime import get_runtime
 
         rt = get_runtime()
-        self.mover = RetryMover(rt.retries, interval=rt.settings.scheduler_interval_seconds)
-        self.mover.start()
+        grace_ms = int(rt.settings.recover_after_seconds * 1000)
+        self.housekeeper = Housekeeper(
+            rt.retries,
+            lambda: rt.ordering.recover_lost(grace_ms=grace_ms),
+            interval=rt.settings.scheduler_interval_seconds,
+            recover_every=max(1.0, rt.settings.recover_after_seconds / 4),
+        )
+        self.housekeeper.start()
 
     def stop(self, worker: Any) -> None:
-        if self.mover is not None:
-            self.mover.stop()
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
 
 
 def create_app(settings: Settings) -> Celery:
@@ -64,6 +70,6 @@ def create_app(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_concurrency,
         worker_pool=settings.worker_pool.value,
     )
-    app.steps["worker"].add(RetryMoverStep)
+    app.steps["worker"].add(HousekeeperStep)
     app.autodiscover_tasks(["tagging_worker"], related_name="tasks", force=True)
     return app

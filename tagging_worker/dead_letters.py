@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from tagging_worker.keys import Keys
+from tagging_worker.messages import delivery_tag_of
 
 # KEYS: all, record, by-reason, by-call; ARGV: id, json, reason, call_id, died_at_ms, max, prefix
 _ADD = """
@@ -44,10 +45,11 @@ end
 return trimmed
 """
 
-# KEYS: all, record, fate, outcomes, pending ('' when unknown)
-# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version
-# A replay also gives the event its ledger entry back (it is no longer dead) and registers
-# its version as pending again, as publishing does.
+# KEYS: all, record, fate, outcomes, pending ('' when unknown), journal, journal index
+# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version,
+#       delivery tag, now_ms
+# A replay also gives the event its ledger entry back (it is no longer dead), registers its
+# version as pending and journals its message, as publishing does.
 _TAKE = """
 local f = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'json')
 if not f[3] then return 0 end
@@ -60,6 +62,8 @@ if ARGV[3] == '' then return 1 end
 if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
 redis.call('HINCRBY', KEYS[4], 'replayed', 1)
 if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
+redis.call('HSET', KEYS[6], 'message', ARGV[4], 'tag', ARGV[8])
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
 redis.call('LPUSH', ARGV[3], ARGV[4])
 return 1
 """
@@ -225,8 +229,8 @@ class DeadLetterStore:
         k = self._keys
         return (
             self._take(
-                keys=[k.dead_all, k.dead_record(record_id), "", "", ""],
-                args=[record_id, k.prefix, "", "", "", "", 0],
+                keys=[k.dead_all, k.dead_record(record_id), "", "", "", "", ""],
+                args=[record_id, k.prefix, "", "", "", "", 0, "", 0],
             )
             == 1
         )
@@ -241,16 +245,27 @@ class DeadLetterStore:
         event_id = str(event.get("event_id") or record_id)
         k = self._keys
         pending = k.pending(event["call_id"]) if "version" in event else ""
+        message = build_message(record)
         moved = self._take(
-            keys=[k.dead_all, k.dead_record(record_id), k.fate(event_id), k.outcomes, pending],
+            keys=[
+                k.dead_all,
+                k.dead_record(record_id),
+                k.fate(event_id),
+                k.outcomes,
+                pending,
+                k.journal(event_id),
+                k.journal_index,
+            ],
             args=[
                 record_id,
                 k.prefix,
                 queue,
-                build_message(record),
+                message,
                 raw.decode(),
                 event_id,
                 event.get("version", 0),
+                delivery_tag_of(message),
+                int(time.time() * 1000),
             ],
         )
         if moved == -1:

@@ -55,6 +55,15 @@ class Keys:
         """How the event ended; set once."""
         return self._k("fate", event_id)
 
+    def journal(self, event_id: str) -> str:
+        """Hash: the event's current message and its delivery tag, until the event has a fate."""
+        return self._k("journal", event_id)
+
+    @property
+    def journal_index(self) -> str:
+        """Sorted set of unfinished event ids by when their message entered the queue (ms)."""
+        return self._k("journal")
+
     @property
     def outcomes(self) -> str:
         """Hash of outcome counters."""

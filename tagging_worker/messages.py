@@ -11,11 +11,15 @@ import base64
 import json
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
 TASK_NAME = "tagging_worker.update_call_tags"
 CONTENT_TYPE = "application/json"
+ENQUEUED_AT = "x-enqueued-at"
+"""Header: when the message was meant to enter the queue (ms), so the loss detector can tell
+what the queue's oldest message says about the ones before it."""
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
@@ -25,6 +29,7 @@ def build_task_message(
     queue: str,
     task_id: str | None = None,
     retry_state: dict[str, Any] | None = None,
+    enqueued_at_ms: int | None = None,
 ) -> str:
     """Serialize one task message; `retry_state` rides in kwargs so a retry is self-contained."""
     task_id = task_id or str(uuid.uuid4())
@@ -52,6 +57,7 @@ def build_task_message(
             "kwargsrepr": "{}",
             "origin": _ORIGIN,
             "ignore_result": True,
+            ENQUEUED_AT: enqueued_at_ms if enqueued_at_ms is not None else int(time.time() * 1000),
         },
         "properties": {
             "correlation_id": task_id,
@@ -63,6 +69,28 @@ def build_task_message(
         },
     }
     return _dumps(message)
+
+
+def delivery_tag_of(message: str) -> str:
+    return str(json.loads(message)["properties"]["delivery_tag"])
+
+
+def enqueued_at_of(message: bytes | str) -> int | None:
+    """The header's time, or None for a message that has none (another producer's)."""
+    try:
+        value = json.loads(message)["headers"].get(ENQUEUED_AT)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def retagged(message: str, *, enqueued_at_ms: int) -> str:
+    """The same message with a fresh delivery tag, to send again without colliding with
+    the tag kombu may still track for the first copy."""
+    envelope = json.loads(message)
+    envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
+    envelope["headers"][ENQUEUED_AT] = enqueued_at_ms
+    return _dumps(envelope)
 
 
 def _argsrepr(event: Any) -> str:

@@ -17,11 +17,13 @@ Each step is one Lua script; nothing is read in one round trip and written in an
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 
 import redis
 
 from tagging_worker.keys import Keys
+from tagging_worker.messages import delivery_tag_of, enqueued_at_of, retagged
 from tagging_worker.outcomes import Outcome
 
 
@@ -38,44 +40,67 @@ class Begin(str, Enum):
     """This event already has its fate (a redelivered or duplicated message)."""
 
 
-# KEYS: pending, queue; ARGV: version, event_id, message, ttl
+# Every script that ends an event's time on the queue also drops its journal entry; the
+# journal is how a message lost between Redis and a dying worker is found and sent again.
+_FORGET = """
+local function forget(journal, index, id)
+  redis.call('DEL', journal)
+  redis.call('ZREM', index, id)
+end
+"""
+
+# KEYS: pending, queue, journal, index; ARGV: version, event_id, message, ttl, tag, now_ms
 _REGISTER = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[3], 'message', ARGV[3], 'tag', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
 redis.call('LPUSH', KEYS[2], ARGV[3])
 return 1
 """
 
-# KEYS: applied, pending, parked, lease, fate, outcomes
+# KEYS: applied, pending, parked, lease, fate, outcomes, journal, index
 # ARGV: version, event_id, parked member, token, lease_ms, ttl, fate_ttl
-_BEGIN = """
-if redis.call('EXISTS', KEYS[5]) == 1 then return 'duplicate' end
+_BEGIN = (
+    _FORGET
+    + """
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  forget(KEYS[7], KEYS[8], ARGV[2])
+  return 'duplicate'
+end
 local v = tonumber(ARGV[1])
 local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if v <= applied then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('SET', KEYS[5], 'stale', 'EX', ARGV[7])
   redis.call('HINCRBY', KEYS[6], 'stale', 1)
+  forget(KEYS[7], KEYS[8], ARGV[2])
   return 'stale'
 end
 if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf') > 0 then
   redis.call('ZADD', KEYS[3], v, ARGV[3])
   redis.call('EXPIRE', KEYS[3], ARGV[6])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  forget(KEYS[7], KEYS[8], ARGV[2])
   return 'parked'
 end
 if redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'go' end
 return 'busy'
 """
+)
 
-# KEYS: applied, pending, parked, lease, fate, outcomes
+# KEYS: applied, pending, parked, lease, fate, outcomes, journal, index
 # ARGV: version, event_id, token, ttl, fate_ttl, fate key prefix
-_APPLIED = """
+_APPLIED = (
+    _FORGET
+    + """
 local v = tonumber(ARGV[1])
 if tonumber(redis.call('GET', KEYS[1]) or '-1') < v then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+forget(KEYS[7], KEYS[8], ARGV[2])
 local superseded = 0
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
   local id = string.sub(member, 1, string.find(member, '\\n', 1, true) - 1)
@@ -90,12 +115,16 @@ if not redis.call('SET', KEYS[5], 'applied', 'NX', 'EX', ARGV[5]) then return 0 
 redis.call('HINCRBY', KEYS[6], 'applied', 1)
 return 1
 """
+)
 
-# KEYS: applied, pending, parked, lease, fate, outcomes, queue
-# ARGV: event_id, token, fate_ttl, ttl
-_DEAD = """
+# KEYS: applied, pending, parked, lease, fate, outcomes, journal, index, queue
+# ARGV: event_id, token, fate_ttl, ttl, journal key prefix, now_ms
+_DEAD = (
+    _FORGET
+    + """
 if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
+forget(KEYS[7], KEYS[8], ARGV[1])
 if not redis.call('SET', KEYS[5], 'dead', 'NX', 'EX', ARGV[3]) then return 'duplicate' end
 redis.call('HINCRBY', KEYS[6], 'dead', 1)
 local best = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -106,25 +135,66 @@ if score <= applied or redis.call('ZCOUNT', KEYS[2], '(' .. best[2], '+inf') > 0
   return 'dead'
 end
 local cut = string.find(best[1], '\\n', 1, true)
+local id = string.sub(best[1], 1, cut - 1)
+local message = string.sub(best[1], cut + 1)
 redis.call('ZREM', KEYS[3], best[1])
-redis.call('ZADD', KEYS[2], best[2], string.sub(best[1], 1, cut - 1))
+redis.call('ZADD', KEYS[2], best[2], id)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('LPUSH', KEYS[7], string.sub(best[1], cut + 1))
+local tag = cjson.decode(message)['properties']['delivery_tag']
+redis.call('HSET', ARGV[5] .. id, 'message', message, 'tag', tag)
+redis.call('EXPIRE', ARGV[5] .. id, ARGV[4])
+redis.call('ZADD', KEYS[8], ARGV[6], id)
+redis.call('LPUSH', KEYS[9], message)
 return 'resurrected'
 """
+)
 
-# KEYS: fate, outcomes; ARGV: outcome, fate_ttl
-_FINISH = """
+# KEYS: fate, outcomes, journal, index; ARGV: outcome, fate_ttl, event_id
+_FINISH = (
+    _FORGET
+    + """
+forget(KEYS[3], KEYS[4], ARGV[3])
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return 1
 """
+)
+
+# KEYS: fate, journal, index; ARGV: event_id, message, tag, enqueued_at_ms, ttl
+_TRACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'message', ARGV[2], 'tag', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"""
+
+# KEYS: fate, journal, index, kombu's unacked hash, queue
+# ARGV: event_id, expected tag, new message, new tag, now_ms
+_RECOVER = (
+    _FORGET
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  forget(KEYS[2], KEYS[3], ARGV[1])
+  return 'finished'
+end
+if redis.call('HGET', KEYS[2], 'tag') ~= ARGV[2] then return 'moved' end
+if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 'in_flight' end
+redis.call('HSET', KEYS[2], 'message', ARGV[3], 'tag', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('LPUSH', KEYS[5], ARGV[3])
+return 'recovered'
+"""
+)
 
 # KEYS: lease; ARGV: token
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+KOMBU_UNACKED = "unacked"
+"""Where kombu's Redis transport records the messages it delivered and awaits acks for."""
 
 
 class Ordering:
@@ -141,6 +211,8 @@ class Ordering:
         self._applied = client.register_script(_APPLIED)
         self._dead = client.register_script(_DEAD)
         self._finish = client.register_script(_FINISH)
+        self._track = client.register_script(_TRACK)
+        self._recover = client.register_script(_RECOVER)
         self._release = client.register_script(_RELEASE)
 
     def publish(
@@ -152,10 +224,22 @@ class Ordering:
         *,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """Put a message on the queue and register its version as pending, in one step."""
+        """Queue a message, register its version as pending and journal it, in one step."""
         self._register(
-            keys=[self.keys.pending(call_id), self.queue],
-            args=[version, event_id, message, self.version_ttl],
+            keys=[
+                self.keys.pending(call_id),
+                self.queue,
+                self.keys.journal(event_id),
+                self.keys.journal_index,
+            ],
+            args=[
+                version,
+                event_id,
+                message,
+                self.version_ttl,
+                delivery_tag_of(message),
+                enqueued_at_of(message) or _now_ms(),
+            ],
             client=pipe or self.client,
         )
 
@@ -206,17 +290,79 @@ class Ordering:
         """
         return self._dead(
             keys=[*self._call_keys(call_id, event_id), self.queue],
-            args=[event_id, token, self.fate_ttl, self.version_ttl],
+            args=[
+                event_id,
+                token,
+                self.fate_ttl,
+                self.version_ttl,
+                self.keys.journal(""),
+                _now_ms(),
+            ],
         ).decode()
 
     def finish(self, event_id: str, outcome: Outcome) -> bool:
         """A fate outside any call's ordering (an event too broken to have a call)."""
         return bool(
             self._finish(
-                keys=[self.keys.fate(event_id), self.keys.outcomes],
-                args=[outcome.value, self.fate_ttl],
+                keys=[
+                    self.keys.fate(event_id),
+                    self.keys.outcomes,
+                    self.keys.journal(event_id),
+                    self.keys.journal_index,
+                ],
+                args=[outcome.value, self.fate_ttl, event_id],
             )
         )
+
+    def track(self, event_id: str, message: str, *, enqueued_at_ms: int) -> None:
+        """The event's message is now this one (a retry, due at `enqueued_at_ms`)."""
+        self._track(
+            keys=[self.keys.fate(event_id), self.keys.journal(event_id), self.keys.journal_index],
+            args=[event_id, message, delivery_tag_of(message), enqueued_at_ms, self.version_ttl],
+        )
+
+    def recover_lost(self, *, grace_ms: int, batch: int = 200) -> int:
+        """Send again the messages of unfinished events that are neither on the queue nor
+        held by a worker; returns how many.
+
+        The queue is first in, first out, so a journaled message that entered it before the
+        queue's oldest message did (less `grace_ms` for clocks and the retry mover's lag) has
+        left it; if kombu does not list it as delivered either, it was lost in between (a
+        worker killed right after Redis handed it over, a connection cut mid-reply). A wrong
+        guess only sends a duplicate, which the event's fate makes harmless.
+        """
+        now = _now_ms()
+        oldest = self.client.lindex(self.queue, -1)
+        oldest_at = now if oldest is None else enqueued_at_of(oldest)
+        if oldest_at is None:
+            return 0  # another producer's message leads the queue: no safe cut-off now
+        cutoff = min(now, oldest_at) - grace_ms
+        recovered = skipped = 0
+        while True:
+            ids = self.client.zrangebyscore(
+                self.keys.journal_index, "-inf", f"({cutoff}", start=skipped, num=batch
+            )
+            if not ids:
+                return recovered
+            for raw_id in ids:
+                event_id = raw_id.decode()
+                message, tag = self.client.hmget(self.keys.journal(event_id), "message", "tag")
+                if message is None:
+                    self.client.zrem(self.keys.journal_index, event_id)
+                    continue
+                fresh = retagged(message.decode(), enqueued_at_ms=now)
+                answer = self._recover(
+                    keys=[
+                        self.keys.fate(event_id),
+                        self.keys.journal(event_id),
+                        self.keys.journal_index,
+                        KOMBU_UNACKED,
+                        self.queue,
+                    ],
+                    args=[event_id, tag, fresh, delivery_tag_of(fresh), now],
+                ).decode()
+                recovered += answer == "recovered"
+                skipped += answer in ("in_flight", "moved")
 
     def release(self, call_id: str, *, token: str) -> None:
         self._release(keys=[self.keys.lease(call_id)], args=[token])
@@ -238,9 +384,15 @@ class Ordering:
             k.lease(call_id),
             k.fate(event_id),
             k.outcomes,
+            k.journal(event_id),
+            k.journal_index,
         ]
 
 
 def lease_ms_for(connect_timeout_ms: int, read_timeout_ms: int) -> int:
     """A lease must outlive the longest API call it guards, or two writers could overlap."""
     return connect_timeout_ms + read_timeout_ms + 5_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

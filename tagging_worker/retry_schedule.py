@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -52,23 +53,39 @@ class RetrySchedule:
         )
 
 
-class RetryMover(threading.Thread):
-    """Runs `move_due` every `interval` seconds until stopped; Redis errors are logged and
-    retried on the next tick, since the worker must outlive a Redis restart."""
+class Housekeeper(threading.Thread):
+    """Beside every worker: moves due retries to the queue each `interval`, and every
+    `recover_every` seconds sends again messages lost between Redis and a dying worker.
+    Redis errors are logged and retried on the next tick: the worker outlives a Redis restart.
+    """
 
-    def __init__(self, schedule: RetrySchedule, *, interval: float) -> None:
-        super().__init__(name="tagging-retry-mover", daemon=True)
+    def __init__(
+        self,
+        schedule: RetrySchedule,
+        recover: Callable[[], int],
+        *,
+        interval: float,
+        recover_every: float,
+    ) -> None:
+        super().__init__(name="tagging-housekeeper", daemon=True)
         self._schedule = schedule
+        self._recover = recover
         self._interval = interval
+        self._recover_every = recover_every
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        next_recovery = time.monotonic() + self._recover_every
         while not self._stopped.is_set():
             try:
                 while self._schedule.move_due() and not self._stopped.is_set():
                     pass
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self._recover_every
+                    if recovered := self._recover():
+                        log.warning("sent again %d lost messages", recovered)
             except redis.RedisError as exc:
-                log.warning("retry mover: Redis unavailable (%s); trying again", exc)
+                log.warning("housekeeping: Redis unavailable (%s); trying again", exc)
             self._stopped.wait(self._interval)
 
     def stop(self) -> None:

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         "delivered again after this; it must exceed the longest task.",
     )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    recover_after_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="A message of an unfinished event that is on neither the queue nor a "
+        "worker is sent again after this margin (for clock skew between hosts).",
+    )
 
     @field_validator("error_codes", mode="before")
     @classmethod

@@ -118,7 +118,7 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
         lease_ms=lease_ms_for(rt.settings.api_connect_timeout_ms, rt.settings.api_read_timeout_ms),
     )
     if step is Begin.BUSY:
-        rt.retries.schedule(_message(rt, update, state), delay=random.uniform(*BUSY_WAIT_SECONDS))
+        _later(rt, update, state, random.uniform(*BUSY_WAIT_SECONDS))
         return step.value
     if step is not Begin.GO:
         observe.skipped(update.call_id, update.event_id, update.version, step.value)
@@ -171,7 +171,7 @@ def _retry_or_bury(
     if isinstance(step, GiveUp):
         return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
     rt.ordering.release(update.call_id, token=token)
-    rt.retries.schedule(_message(rt, update, state), delay=step.delay)
+    _later(rt, update, state, step.delay)
     rt.outcomes.add(Outcome.RETRIED)
     observe.retrying(update.call_id, update.event_id, len(state.attempts), failure, step.delay)
     return Outcome.RETRIED.value
@@ -213,11 +213,24 @@ def _bury(
     return Outcome.DEAD
 
 
-def _message(rt: Runtime, update: TagUpdate, state: RetryState) -> str:
+def _message(
+    rt: Runtime, update: TagUpdate, state: RetryState, *, enqueued_at_ms: int | None = None
+) -> str:
     """The event as a self-contained message, to run again later or to hold back."""
     return build_task_message(
-        update.as_event(), queue=rt.settings.queue, retry_state=state.as_dict()
+        update.as_event(),
+        queue=rt.settings.queue,
+        retry_state=state.as_dict(),
+        enqueued_at_ms=enqueued_at_ms,
     )
+
+
+def _later(rt: Runtime, update: TagUpdate, state: RetryState, delay: float) -> None:
+    """Park the event's next message in the retry schedule and journal it as its message."""
+    due_ms = int((time.time() + delay) * 1000)
+    message = _message(rt, update, state, enqueued_at_ms=due_ms)
+    rt.retries.schedule(message, delay=delay)
+    rt.ordering.track(update.event_id, message, enqueued_at_ms=due_ms)
 
 
 def _validated_or_none(rt: Runtime, raw: Any, task_id: str) -> TagUpdate | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -11,11 +12,21 @@ import redis
 
 from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, replay_event
 from tagging_worker.keys import Keys
+from tagging_worker.messages import build_task_message
 
 
 @pytest.fixture
 def store(redis_client: redis.Redis, namespace: str) -> DeadLetterStore:
     return DeadLetterStore(redis_client, Keys(namespace), max_records=1000)
+
+
+def _build(record: dict) -> str:
+    return build_task_message(replay_event(record), queue="q")
+
+
+def _queued(client: redis.Redis, queue: str) -> list[str]:
+    raw = client.lrange(queue, 0, -1)[::-1]
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
 
 
 def _add(
@@ -79,11 +90,11 @@ def test_replay_moves_the_record_onto_the_queue_in_one_step(
 ) -> None:
     _add(store, "e1")
 
-    assert store.replay("e1", queue=namespace, build_message=lambda r: json.dumps(replay_event(r)))
+    assert store.replay("e1", queue=namespace, build_message=_build)
 
     assert store.get("e1") is None and store.count() == 0
-    assert [json.loads(m)["event_id"] for m in redis_client.lrange(namespace, 0, -1)] == ["e1"]
-    assert not store.replay("e1", queue=namespace, build_message=lambda r: "x")
+    assert _queued(redis_client, namespace) == ["e1"]
+    assert not store.replay("e1", queue=namespace, build_message=_build)
     assert redis_client.llen(namespace) == 1
 
 
@@ -94,7 +105,7 @@ def test_replay_refuses_a_record_that_changed_after_it_was_read(
 
     def rewrite_meanwhile(record: dict) -> str:
         _add(store, "e1", version=2)
-        return json.dumps(record)
+        return _build(record)
 
     with pytest.raises(ReplayConflict):
         store.replay("e1", queue=namespace, build_message=rewrite_meanwhile)
@@ -111,7 +122,7 @@ def test_concurrent_replays_put_each_record_on_the_queue_exactly_once(
     def replay_all() -> None:
         for record_id in store.iter_ids():
             with contextlib.suppress(ReplayConflict):
-                store.replay(record_id, queue=namespace, build_message=json.dumps)
+                store.replay(record_id, queue=namespace, build_message=_build)
 
     threads = [threading.Thread(target=replay_all) for _ in range(4)]
     for t in threads:
@@ -119,8 +130,7 @@ def test_concurrent_replays_put_each_record_on_the_queue_exactly_once(
     for t in threads:
         t.join()
 
-    queued = [json.loads(m)["id"] for m in redis_client.lrange(namespace, 0, -1)]
-    assert sorted(queued) == sorted(f"e{n}" for n in range(200))
+    assert sorted(_queued(redis_client, namespace)) == sorted(f"e{n}" for n in range(200))
     assert store.count() == 0
 
 

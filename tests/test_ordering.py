@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import threading
+import time
 import uuid
 from collections import defaultdict
 
@@ -11,6 +14,7 @@ import pytest
 import redis
 
 from tagging_worker.keys import Keys
+from tagging_worker.messages import build_task_message
 from tagging_worker.ordering import Begin, Ordering
 from tagging_worker.outcomes import Outcome, OutcomeCounters
 
@@ -25,9 +29,19 @@ def counters(redis_client: redis.Redis, namespace: str) -> OutcomeCounters:
     return OutcomeCounters(redis_client, Keys(namespace))
 
 
+def _message(event_id: str) -> str:
+    return build_task_message({"call_id": "call-1", "event_id": event_id}, queue="q")
+
+
+def _queued(client: redis.Redis, queue: str) -> list[str]:
+    """The event ids of the messages on the queue, oldest first."""
+    raw = client.lrange(queue, 0, -1)[::-1]
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
+
+
 def _begin(ordering: Ordering, version: int, event_id: str, token: str = "t") -> Begin:
     return ordering.begin(
-        "call-1", version, event_id, f"message-{event_id}", token=token, lease_ms=10_000
+        "call-1", version, event_id, _message(event_id), token=token, lease_ms=10_000
     )
 
 
@@ -65,7 +79,7 @@ def test_a_redelivered_event_is_recognised_as_a_duplicate(ordering: Ordering) ->
 def test_an_event_older_than_a_pending_one_is_parked_then_superseded_when_that_applies(
     ordering: Ordering, counters: OutcomeCounters, redis_client: redis.Redis
 ) -> None:
-    ordering.publish("call-1", 9, "e9", "m9")
+    ordering.publish("call-1", 9, "e9", _message("e9"))
     assert _begin(ordering, 4, "e4") is Begin.PARKED
 
     assert _begin(ordering, 9, "e9") is Begin.GO
@@ -79,7 +93,7 @@ def test_an_event_older_than_a_pending_one_is_parked_then_superseded_when_that_a
 def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
     ordering: Ordering, counters: OutcomeCounters, redis_client: redis.Redis, namespace: str
 ) -> None:
-    ordering.publish("call-1", 9, "e9", "m9")
+    ordering.publish("call-1", 9, "e9", _message("e9"))
     assert _begin(ordering, 4, "e4") is Begin.PARKED
     assert _begin(ordering, 7, "e7") is Begin.PARKED
     redis_client.delete(namespace)  # the queue: only what the ordering puts back matters here
@@ -87,7 +101,7 @@ def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
     assert _begin(ordering, 9, "e9", token="x") is Begin.GO
     assert ordering.dead("call-1", "e9", token="x") == "resurrected"
 
-    assert redis_client.lrange(namespace, 0, -1) == [b"message-e7"]
+    assert _queued(redis_client, namespace) == ["e7"]
     assert _begin(ordering, 7, "e7") is Begin.GO  # e4 is still parked behind it
     ordering.applied("call-1", 7, "e7", token="t")
     assert (ordering.fate("e4"), ordering.fate("e7"), ordering.fate("e9")) == (
@@ -105,15 +119,15 @@ def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
 def test_a_redelivered_death_requeues_the_parked_event_only_once(
     ordering: Ordering, redis_client: redis.Redis, namespace: str
 ) -> None:
-    ordering.publish("call-1", 9, "e9", "m9")
-    ordering.publish("call-1", 8, "e8", "m8")
+    ordering.publish("call-1", 9, "e9", _message("e9"))
+    ordering.publish("call-1", 8, "e8", _message("e8"))
     redis_client.delete(namespace)
     assert _begin(ordering, 8, "e8", token="a") is Begin.PARKED
     assert _begin(ordering, 9, "e9", token="b") is Begin.GO
 
     assert ordering.dead("call-1", "e9", token="b") == "resurrected"
     assert ordering.dead("call-1", "e9", token="b") == "duplicate"
-    assert redis_client.lrange(namespace, 0, -1) == [b"message-e8"]
+    assert _queued(redis_client, namespace) == ["e8"]
 
 
 def test_finish_records_a_fate_once(ordering: Ordering, counters: OutcomeCounters) -> None:
@@ -131,7 +145,7 @@ def test_concurrent_workers_never_apply_an_older_version_after_a_newer_one(
     events = [(f"call-{c}", v, uuid.uuid4().hex) for c in range(10) for v in range(1, 31)]
     random.Random(3).shuffle(events)
     for call_id, version, event_id in events:
-        ordering.publish(call_id, version, event_id, f"{call_id}:{version}")
+        ordering.publish(call_id, version, event_id, _message(event_id))
     writes: dict[str, list[int]] = defaultdict(list)
     lock = threading.Lock()
     work = list(events)
@@ -143,7 +157,9 @@ def test_concurrent_workers_never_apply_an_older_version_after_a_newer_one(
                     return
                 call_id, version, event_id = work.pop()
             token = uuid.uuid4().hex
-            step = ordering.begin(call_id, version, event_id, "m", token=token, lease_ms=10_000)
+            step = ordering.begin(
+                call_id, version, event_id, _message(event_id), token=token, lease_ms=10_000
+            )
             if step is Begin.BUSY:
                 with lock:
                     work.insert(0, (call_id, version, event_id))
@@ -166,3 +182,41 @@ def test_concurrent_workers_never_apply_an_older_version_after_a_newer_one(
     counts = counters.snapshot()
     assert counts["applied"] + counts["stale"] + counts["superseded"] == len(events)
     assert counts["applied"] == sum(len(log) for log in writes.values())
+
+
+def test_a_message_lost_between_redis_and_a_dying_worker_is_sent_again(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    ordering.publish("call-1", 1, "e1", _message("e1"))
+    time.sleep(0.01)
+    ordering.publish("call-1", 2, "e2", _message("e2"))
+    redis_client.rpop(namespace)  # e1 taken by a worker that died before kombu recorded it
+
+    assert ordering.recover_lost(grace_ms=0) == 1
+
+    assert _queued(redis_client, namespace) == ["e2", "e1"]
+    first, again = json.loads(_message("e1")), json.loads(redis_client.lindex(namespace, 0))
+    assert again["properties"]["delivery_tag"] != first["properties"]["delivery_tag"]
+    assert ordering.recover_lost(grace_ms=0) == 0
+
+
+def test_messages_on_the_queue_held_by_a_worker_or_finished_are_not_sent_again(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    messages = {}
+    for event_id, version in (("held", 1), ("done", 3), ("queued", 2)):
+        messages[event_id] = _message(event_id)
+        ordering.publish("call-1", version, event_id, messages[event_id])
+        time.sleep(0.01)
+    redis_client.rpop(namespace)
+    redis_client.rpop(namespace)
+    tag = json.loads(messages["held"])["properties"]["delivery_tag"]
+    redis_client.hset("unacked", tag, "[]")
+    try:
+        assert _begin(ordering, 3, "done") is Begin.GO
+        ordering.applied("call-1", 3, "done", token="t")
+
+        assert ordering.recover_lost(grace_ms=0) == 0
+        assert _queued(redis_client, namespace) == ["queued"]
+    finally:
+        redis_client.hdel("unacked", tag)
