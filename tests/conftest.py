@@ -6,6 +6,8 @@ and clean up exactly what they made.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -157,6 +159,12 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+
+
+def queued_event_ids(client: redis.Redis, queue: str) -> list[str]:
+    """The event ids of the task messages on a queue, oldest first."""
+    raw = client.lrange(queue, 0, -1)[::-1]
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
 
 
 def settled(runtime: Runtime, n: int) -> Callable[[], bool]:

@@ -305,10 +305,14 @@ def _assert_guarantees(
 
     # ... and never received an older version after a newer one was applied.
     applied_max: dict[str, int] = defaultdict(lambda: -1)
-    backwards = 0
+    backwards = []
     for c in calls:
         version = int(c.tags[0][1:])
-        backwards += version < applied_max[c.call_id]
+        if version < applied_max[c.call_id]:
+            backwards.append(c.call_id)
         if c.answer == "OK":
             applied_max[c.call_id] = max(applied_max[c.call_id], version)
-    assert backwards == 0
+    assert not backwards, [
+        [(c.seq, round(c.at, 3), c.tags[0], c.answer) for c in calls if c.call_id == call_id]
+        for call_id in backwards[:3]
+    ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import threading
 
 import pytest
@@ -13,6 +11,7 @@ import redis
 from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, replay_event
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
+from tests.conftest import queued_event_ids
 
 
 @pytest.fixture
@@ -22,11 +21,6 @@ def store(redis_client: redis.Redis, namespace: str) -> DeadLetterStore:
 
 def _build(record: dict) -> str:
     return build_task_message(replay_event(record), queue="q")
-
-
-def _queued(client: redis.Redis, queue: str) -> list[str]:
-    raw = client.lrange(queue, 0, -1)[::-1]
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
 
 
 def _add(
@@ -93,7 +87,7 @@ def test_replay_moves_the_record_onto_the_queue_in_one_step(
     assert store.replay("e1", queue=namespace, build_message=_build)
 
     assert store.get("e1") is None and store.count() == 0
-    assert _queued(redis_client, namespace) == ["e1"]
+    assert queued_event_ids(redis_client, namespace) == ["e1"]
     assert not store.replay("e1", queue=namespace, build_message=_build)
     assert redis_client.llen(namespace) == 1
 
@@ -130,7 +124,7 @@ def test_concurrent_replays_put_each_record_on_the_queue_exactly_once(
     for t in threads:
         t.join()
 
-    assert sorted(_queued(redis_client, namespace)) == sorted(f"e{n}" for n in range(200))
+    assert sorted(queued_event_ids(redis_client, namespace)) == sorted(f"e{n}" for n in range(200))
     assert store.count() == 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import threading
@@ -17,6 +16,7 @@ from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
 from tagging_worker.ordering import Begin, Ordering
 from tagging_worker.outcomes import Outcome, OutcomeCounters
+from tests.conftest import queued_event_ids
 
 
 @pytest.fixture
@@ -31,12 +31,6 @@ def counters(redis_client: redis.Redis, namespace: str) -> OutcomeCounters:
 
 def _message(event_id: str) -> str:
     return build_task_message({"call_id": "call-1", "event_id": event_id}, queue="q")
-
-
-def _queued(client: redis.Redis, queue: str) -> list[str]:
-    """The event ids of the messages on the queue, oldest first."""
-    raw = client.lrange(queue, 0, -1)[::-1]
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
 
 
 def _begin(ordering: Ordering, version: int, event_id: str, token: str = "t") -> Begin:
@@ -101,7 +95,7 @@ def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
     assert _begin(ordering, 9, "e9", token="x") is Begin.GO
     assert ordering.dead("call-1", "e9", token="x") == "resurrected"
 
-    assert _queued(redis_client, namespace) == ["e7"]
+    assert queued_event_ids(redis_client, namespace) == ["e7"]
     assert _begin(ordering, 7, "e7") is Begin.GO  # e4 is still parked behind it
     ordering.applied("call-1", 7, "e7", token="t")
     assert (ordering.fate("e4"), ordering.fate("e7"), ordering.fate("e9")) == (
@@ -127,7 +121,7 @@ def test_a_redelivered_death_requeues_the_parked_event_only_once(
 
     assert ordering.dead("call-1", "e9", token="b") == "resurrected"
     assert ordering.dead("call-1", "e9", token="b") == "duplicate"
-    assert _queued(redis_client, namespace) == ["e8"]
+    assert queued_event_ids(redis_client, namespace) == ["e8"]
 
 
 def test_finish_records_a_fate_once(ordering: Ordering, counters: OutcomeCounters) -> None:
@@ -194,7 +188,7 @@ def test_a_message_lost_between_redis_and_a_dying_worker_is_sent_again(
 
     assert ordering.recover_lost(grace_ms=0) == 1
 
-    assert _queued(redis_client, namespace) == ["e2", "e1"]
+    assert queued_event_ids(redis_client, namespace) == ["e2", "e1"]
     first, again = json.loads(_message("e1")), json.loads(redis_client.lindex(namespace, 0))
     assert again["properties"]["delivery_tag"] != first["properties"]["delivery_tag"]
     assert ordering.recover_lost(grace_ms=0) == 0
@@ -217,6 +211,6 @@ def test_messages_on_the_queue_held_by_a_worker_or_finished_are_not_sent_again(
         ordering.applied("call-1", 3, "done", token="t")
 
         assert ordering.recover_lost(grace_ms=0) == 0
-        assert _queued(redis_client, namespace) == ["queued"]
+        assert queued_event_ids(redis_client, namespace) == ["queued"]
     finally:
         redis_client.hdel("unacked", tag)
