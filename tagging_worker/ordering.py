@@ -321,7 +321,7 @@ class Ordering:
             args=[event_id, message, delivery_tag_of(message), enqueued_at_ms, self.version_ttl],
         )
 
-    def recover_lost(self, *, grace_ms: int, batch: int = 200) -> int:
+    def recover_lost(self, *, grace_ms: int, batch: int = 500) -> int:
         """Send again the messages of unfinished events that are neither on the queue nor
         held by a worker; returns how many.
 
@@ -329,7 +329,8 @@ class Ordering:
         queue's oldest message did (less `grace_ms` for clocks and the retry mover's lag) has
         left it; if kombu does not list it as delivered either, it was lost in between (a
         worker killed right after Redis handed it over, a connection cut mid-reply). A wrong
-        guess only sends a duplicate, which the event's fate makes harmless.
+        guess only sends a duplicate, which the event's fate makes harmless. At most `batch`
+        journal entries are looked at per call (the oldest), so a call's work is bounded.
         """
         now = _now_ms()
         oldest = self.client.lindex(self.queue, -1)
@@ -337,32 +338,29 @@ class Ordering:
         if oldest_at is None:
             return 0  # another producer's message leads the queue: no safe cut-off now
         cutoff = min(now, oldest_at) - grace_ms
-        recovered = skipped = 0
-        while True:
-            ids = self.client.zrangebyscore(
-                self.keys.journal_index, "-inf", f"({cutoff}", start=skipped, num=batch
-            )
-            if not ids:
-                return recovered
-            for raw_id in ids:
-                event_id = raw_id.decode()
-                message, tag = self.client.hmget(self.keys.journal(event_id), "message", "tag")
-                if message is None:
-                    self.client.zrem(self.keys.journal_index, event_id)
-                    continue
-                fresh = retagged(message.decode(), enqueued_at_ms=now)
-                answer = self._recover(
-                    keys=[
-                        self.keys.fate(event_id),
-                        self.keys.journal(event_id),
-                        self.keys.journal_index,
-                        KOMBU_UNACKED,
-                        self.queue,
-                    ],
-                    args=[event_id, tag, fresh, delivery_tag_of(fresh), now],
-                ).decode()
-                recovered += answer == "recovered"
-                skipped += answer in ("in_flight", "moved")
+        recovered = 0
+        candidates = self.client.zrangebyscore(
+            self.keys.journal_index, "-inf", f"({cutoff}", start=0, num=batch
+        )
+        for raw_id in candidates:
+            event_id = raw_id.decode()
+            message, tag = self.client.hmget(self.keys.journal(event_id), "message", "tag")
+            if message is None:
+                self.client.zrem(self.keys.journal_index, event_id)
+                continue
+            fresh = retagged(message.decode(), enqueued_at_ms=now)
+            answer = self._recover(
+                keys=[
+                    self.keys.fate(event_id),
+                    self.keys.journal(event_id),
+                    self.keys.journal_index,
+                    KOMBU_UNACKED,
+                    self.queue,
+                ],
+                args=[event_id, tag, fresh, delivery_tag_of(fresh), now],
+            ).decode()
+            recovered += answer == "recovered"
+        return recovered
 
     def release(self, call_id: str, *, token: str) -> None:
         self._release(keys=[self.keys.lease(call_id)], args=[token])
