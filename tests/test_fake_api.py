@@ -74,6 +74,18 @@ def test_probability_faults_hit_about_that_share_of_calls(fake_api: FakeAlibabaA
     assert 70 < failures < 170
 
 
+def test_sticky_faults_give_the_same_request_the_same_answer(fake_api: FakeAlibabaApi) -> None:
+    fake_api.add_fault(
+        "error", code="InvalidParameter", http_status=400, probability=0.5, sticky=True
+    )
+    client = _client(fake_api)
+
+    first = [isinstance(client.update_tags(f"c{n}", '["a"]'), ApiFailure) for n in range(40)]
+    again = [isinstance(client.update_tags(f"c{n}", '["a"]'), ApiFailure) for n in range(40)]
+
+    assert first == again and 5 < sum(first) < 35
+
+
 def test_quota_answers_throttling_above_the_rate(fake_api: FakeAlibabaApi) -> None:
     fake_api.set_quota(5)
     client = _client(fake_api)

@@ -10,6 +10,7 @@ per-request logging unless asked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -46,6 +47,10 @@ class Fault:
     call_id: str | None = None
     times: int | None = None
     probability: float | None = None
+    sticky: bool = False
+    """With `probability`: roll the dice on the request's content (CallId and Tags) instead
+    of at random, so the same request always meets the same answer, as it would with a
+    real API's validation (a permanent error is a property of the request)."""
     code: str = "InternalError"
     http_status: int = 500
     message: str = "The request processing has failed due to some unknown error."
@@ -248,7 +253,7 @@ class FakeAlibabaApi:
         if self._over_quota():
             fault = Fault(kind="throttle")
             return self._apply(fault, request_id, params, access_key_id)
-        fault = self._pick_fault(params.get("CallId"))
+        fault = self._pick_fault(params.get("CallId"), params.get("Tags", ""))
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000)
         if fault is not None:
@@ -395,12 +400,15 @@ class FakeAlibabaApi:
             self._window.append(now)
             return False
 
-    def _pick_fault(self, call_id: str | None) -> Fault | None:
+    def _pick_fault(self, call_id: str | None, tags: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.call_id is not None and fault.call_id != call_id:
                     continue
-                if fault.probability is not None and random.random() >= fault.probability:
+                if (
+                    fault.probability is not None
+                    and _roll(fault, call_id, tags) >= fault.probability
+                ):
                     continue
                 if fault.times is not None:
                     fault.times -= 1
@@ -508,6 +516,13 @@ def _handler_for(api: FakeAlibabaApi) -> type[BaseHTTPRequestHandler]:
                 log.info("%s - %s", self.address_string(), format % args)
 
     return Handler
+
+
+def _roll(fault: Fault, call_id: str | None, tags: str) -> float:
+    if not fault.sticky:
+        return random.random()
+    digest = hashlib.sha256(f"{fault.id}|{call_id}|{tags}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> _Answer:
