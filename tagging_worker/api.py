@@ -87,10 +87,14 @@ class TagsApi:
     ) -> ApiFailure:
         code = exc.code if exc.code not in (None, "", "None") else "Unknown"
         retry_after = getattr(exc, "retry_after", None)
+        # The SDK's message wraps the API's own in "code: 400, ... request id: ..."; both of
+        # those are fields of their own here.
+        body = exc.data if isinstance(exc.data, Mapping) else {}
+        message = body.get("Message") or body.get("message") or exc.message or ""
         return ApiFailure(
             kind=classify(code, exc.status_code, overrides=self._overrides),
             code=code,
-            message=exc.message or "",
+            message=str(message),
             http_status=exc.status_code,
             request_id=exc.request_id if exc.request_id not in (None, "None") else None,
             duration=duration,

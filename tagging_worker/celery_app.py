@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from kombu import Queue
 
+from tagging_worker import logs, sentry
+from tagging_worker.monitoring import prepare_multiprocess_dir
 from tagging_worker.poison import install_tolerant_transport
 from tagging_worker.retry_schedule import Housekeeper
 from tagging_worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class HousekeeperStep(bootsteps.StartStopStep):
@@ -25,9 +31,20 @@ class HousekeeperStep(bootsteps.StartStopStep):
 
         rt = get_runtime()
         grace_ms = int(rt.settings.recover_after_seconds * 1000)
+
+        def watch() -> None:
+            rt.heartbeats.housekeeping_at = time.monotonic()
+            if rt.flow.blocked():
+                rt.api_blocked.set()
+            else:
+                rt.api_blocked.clear()
+            rt.outcomes.sample()
+            rt.heartbeats.redis_ok_at = time.monotonic()
+
         self.housekeeper = Housekeeper(
             rt.retries,
             lambda: rt.ordering.recover_lost(grace_ms=grace_ms),
+            watch,
             interval=rt.settings.scheduler_interval_seconds,
             recover_every=max(1.0, rt.settings.recover_after_seconds / 4),
         )
@@ -38,7 +55,96 @@ class HousekeeperStep(bootsteps.StartStopStep):
             self.housekeeper.stop()
 
 
+class ConsumptionGate(bootsteps.StartStopStep):
+    """Stops taking messages while the circuit keeps every call from the API, so a long
+    outage leaves the queue in Redis instead of pulling it through the workers; resumes as
+    soon as a probe may go. Runs on the consumer's own event loop: the housekeeper thread
+    reads the circuit, this only compares a flag, so the loop never waits on Redis."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        self._timer_entry: Any = None
+        self._paused = False
+
+    def start(self, c: Any) -> None:
+        from tagging_worker.runtime import get_runtime
+
+        rt = get_runtime()
+        self._timer_entry = c.timer.call_repeatedly(
+            rt.settings.scheduler_interval_seconds, self._check, (c, rt), priority=10
+        )
+
+    def stop(self, c: Any) -> None:
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+
+    shutdown = stop
+
+    def _check(self, c: Any, rt: Any) -> None:
+        queue = rt.settings.queue
+        rt.heartbeats.consumer_at = time.monotonic()
+        rt.heartbeats.paused = self._paused
+        if c.task_consumer is None:
+            return
+        blocked = rt.api_blocked.is_set()
+        if blocked and not self._paused:
+            self._paused = True
+            c.cancel_task_queue(queue)
+            log.warning("circuit open: stopped taking messages from %s", queue)
+        elif not blocked and self._paused:
+            self._paused = False
+            c.add_task_queue(queue)
+            log.warning("circuit no longer blocks calls: taking messages from %s again", queue)
+
+
+class MonitoringStep(bootsteps.StartStopStep):
+    """Serves /metrics, /livez and /readyz from the worker's main process."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.server: Any = None
+
+    def start(self, worker: Any) -> None:
+        from tagging_worker.health import assess
+        from tagging_worker.monitoring import MonitoringServer, registry_for
+        from tagging_worker.runtime import get_runtime
+
+        rt = get_runtime()
+        if not rt.settings.metrics_port:
+            return
+        # Both loops turn every scheduler interval; a few missed turns is not yet trouble.
+        ready_within = max(5.0, 10 * rt.settings.scheduler_interval_seconds)
+        self.server = MonitoringServer(
+            rt.settings.metrics_host,
+            rt.settings.metrics_port,
+            registry_for(rt),
+            lambda: assess(rt.heartbeats, time.monotonic(), ready_within=ready_within),
+        )
+        self.server.start()
+        log.info(
+            "serving /metrics, /livez and /readyz on %s:%d",
+            rt.settings.metrics_host,
+            self.server.port,
+        )
+
+    def stop(self, worker: Any) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 def create_app(settings: Settings) -> Celery:
+    prepare_multiprocess_dir()
+    sentry.init(settings)
+
+    def configure_logging(loglevel: Any = None, **kwargs: Any) -> None:
+        logs.configure(loglevel or settings.log_level, settings.log_format)
+
+    # Connected, this tells Celery to leave logging to us: one format for every record.
+    signals.setup_logging.connect(configure_logging, weak=False)
     install_tolerant_transport()
     app = Celery("tagging_worker", broker=settings.broker_url, set_as_current=True)
     app.conf.update(
@@ -59,6 +165,11 @@ def create_app(settings: Settings) -> Celery:
         # the event's fate keep the second delivery harmless.
         # kombu looks for such messages only every ~100 s by default; look every few seconds.
         broker_transport_options={
+            **(
+                {"master_name": settings.redis_sentinel_master}
+                if settings.redis_sentinel_master
+                else {}
+            ),
             "visibility_timeout": settings.visibility_timeout_seconds,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
             "unacked_restore_throttle": 1,
@@ -71,5 +182,7 @@ def create_app(settings: Settings) -> Celery:
         worker_pool=settings.worker_pool.value,
     )
     app.steps["worker"].add(HousekeeperStep)
+    app.steps["worker"].add(MonitoringStep)
+    app.steps["consumer"].add(ConsumptionGate)
     app.autodiscover_tasks(["tagging_worker"], related_name="tasks", force=True)
     return app

@@ -11,6 +11,8 @@ from enum import Enum
 
 
 class FailureKind(str, Enum):
+    THROTTLED = "throttled"
+    """Over the account's quota: slow everyone down and try again; not the event's fault."""
     TRANSIENT = "transient"
     """Try again later: the same call can succeed."""
     PERMANENT = "permanent"
@@ -19,12 +21,13 @@ class FailureKind(str, Enum):
     """The set-up is broken (credentials, permissions, clock, balance), not the event."""
 
 
-T, P, S = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.SYSTEMIC
+Q, T = FailureKind.THROTTLED, FailureKind.TRANSIENT
+P, S = FailureKind.PERMANENT, FailureKind.SYSTEMIC
 
 # First match wins; a pattern ending in `*` matches by prefix. Specific systemic `Invalid*`
 # codes stand before the generic permanent `Invalid*`.
 CODE_TABLE: tuple[tuple[str, FailureKind], ...] = (
-    ("Throttling*", T),
+    ("Throttling*", Q),
     ("ServiceUnavailable*", T),
     ("InternalError*", T),
     ("SignatureNonceUsed", T),
@@ -101,7 +104,9 @@ def _match(
 
 
 def _by_status(http_status: int | None) -> FailureKind:
-    if http_status is None or http_status == 429 or http_status >= 500:
+    if http_status == 429:
+        return Q
+    if http_status is None or http_status >= 500:
         return T
     if http_status in (401, 403):
         return S

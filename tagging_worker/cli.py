@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 import typer
-from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
-from tagging_worker.cli_support import app_or_exit, settings_or_exit
+from tagging_worker.cli_dead import dead
+from tagging_worker.cli_support import (
+    JsonFlag,
+    app_or_exit,
+    err,
+    out,
+    runtime_or_exit,
+    settings_or_exit,
+)
 from tagging_worker.event import InvalidEvent
 from tagging_worker.publish import Publisher
-from tagging_worker.replay import replay_dead_letter
-from tagging_worker.runtime import Runtime
 
 cli = typer.Typer(
     help="Apply tag-update events to Alibaba Cloud UpdateOutboundCallTags.",
@@ -29,12 +35,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-dead = typer.Typer(help="Inspect, fix and replay dead-lettered events.", no_args_is_help=True)
 cli.add_typer(dead, name="dead")
-out = Console()
-err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def main() -> None:
@@ -43,10 +44,6 @@ def main() -> None:
     except redis.RedisError as exc:
         err.print(f"tagging-worker: Redis is unreachable: {exc}", markup=False)
         raise SystemExit(1) from None
-
-
-def _runtime() -> Runtime:
-    return Runtime(settings_or_exit())
 
 
 @cli.command()
@@ -126,131 +123,72 @@ def _read_events(file: Path) -> list[dict[str, Any]]:
         raise SystemExit(2) from None
 
 
-@dead.command("list")
-def dead_list(
-    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
-    call_id: Annotated[str | None, typer.Option(help="Only this call.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+@cli.command()
+def status(
     as_json: JsonFlag = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes.")] = 2.0,
+    workers: Annotated[
+        bool, typer.Option(help="Ask the workers over the broker (about a second).")
+    ] = True,
 ) -> None:
-    """List dead letters, newest first."""
-    store = _runtime().dead_letters
-    records = store.list(reason=reason, call_id=call_id, limit=limit, offset=offset)
+    """Queue, retries, dead letters, outcomes and rates, the API's pace and circuit, workers."""
+    from tagging_worker.status import gather, live_workers
+
+    rt = runtime_or_exit()
+
+    def snapshot() -> dict[str, Any]:
+        found = gather(rt)
+        if workers:
+            found["workers"] = live_workers(rt)
+        return found
+
     if as_json:
-        out.print_json(json.dumps(records, ensure_ascii=False))
+        out.print_json(data=snapshot())
         return
-    table = Table(title=f"dead letters ({store.count()} in all)")
-    for column in ("id", "died", "reason", "call_id", "version", "attempts", "detail"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        table.add_row(
-            r["id"],
-            _when(r["died_at"]),
-            r["reason"],
-            str(r["call_id"]),
-            str(r["version"]),
-            str(len(r["attempts"])),
-            r["detail"],
-        )
-    out.print(table)
-
-
-@dead.command("show")
-def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
-    """Show one dead letter with its whole attempt history."""
-    record = _runtime().dead_letters.get(record_id)
-    if record is None:
-        err.print(f"tagging-worker: no dead letter {record_id}", markup=False)
-        raise SystemExit(1)
-    if as_json:
-        out.print_json(json.dumps(record, ensure_ascii=False))
+    if not watch:
+        out.print(_status_table(snapshot()))
         return
-    out.print(f"[bold]{record['id']}[/] {record['reason']}: {record['detail']}", highlight=False)
-    out.print(f"died {_when(record['died_at'])}, first seen {_when(record['first_seen'])}")
-    out.print("event as received:")
-    out.print_json(json.dumps(record["event"], ensure_ascii=False))
-    table = Table(title="attempts")
-    for column in ("#", "at", "kind", "code", "http", "request_id", "message"):
-        table.add_column(column, overflow="fold")
-    for n, a in enumerate(record["attempts"], 1):
-        table.add_row(
-            str(n),
-            _when(a["at"]),
-            a["kind"],
-            a["code"],
-            str(a["http_status"]),
-            str(a["request_id"]),
-            a["message"],
-        )
-    out.print(table)
+    with Live(_status_table(snapshot()), console=out, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(_status_table(snapshot()))
+        except KeyboardInterrupt:
+            pass
 
 
-@dead.command("replay")
-def dead_replay(
-    record_ids: Annotated[list[str] | None, typer.Argument(help="Ids to replay.")] = None,
-    all_matching: Annotated[
-        bool, typer.Option("--all", help="Every record matching the filters.")
-    ] = False,
-    reason: Annotated[str | None, typer.Option()] = None,
-    call_id: Annotated[str | None, typer.Option()] = None,
-) -> None:
-    """Put dead letters back on the queue with a fresh attempt budget (atomically)."""
-    rt = _runtime()
-    replayed = missing = 0
-    for record_id in _select(rt, record_ids, all_matching, reason, call_id):
-        if replay_dead_letter(rt, record_id):
-            replayed += 1
-        else:
-            missing += 1
-            err.print(f"not replayed (gone or changed meanwhile): {record_id}", markup=False)
-    out.print(f"replayed {replayed}, not found {missing}")
-    raise SystemExit(1 if missing else 0)
-
-
-@dead.command("delete")
-def dead_delete(record_ids: list[str]) -> None:
-    """Delete dead letters by id."""
-    store = _runtime().dead_letters
-    missing = [rid for rid in record_ids if not store.delete(rid)]
-    for rid in missing:
-        err.print(f"no dead letter {rid}", markup=False)
-    out.print(f"deleted {len(record_ids) - len(missing)}")
-    raise SystemExit(1 if missing else 0)
-
-
-@dead.command("purge")
-def dead_purge(
-    reason: Annotated[str | None, typer.Option()] = None,
-    call_id: Annotated[str | None, typer.Option()] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
-) -> None:
-    """Delete every dead letter matching the filters (all of them without filters)."""
-    rt = _runtime()
-    store = rt.dead_letters
-    if not yes:
-        what = "matching" if reason or call_id else "ALL"
-        typer.confirm(f"Delete {what} dead letters?", abort=True)
-    deleted = sum(store.delete(rid) for rid in store.iter_ids(reason=reason, call_id=call_id))
-    out.print(f"deleted {deleted}")
-
-
-def _select(
-    rt: Runtime, ids: list[str] | None, all_matching: bool, reason: str | None, call_id: str | None
-) -> Any:
-    if ids and (all_matching or reason or call_id):
-        err.print("tagging-worker: give ids, or --all with filters, not both")
-        raise SystemExit(2)
-    if ids:
-        return ids
-    if not (all_matching or reason or call_id):
-        err.print("tagging-worker: give ids, or --all (with --reason/--call-id to narrow it)")
-        raise SystemExit(2)
-    return rt.dead_letters.iter_ids(reason=reason, call_id=call_id)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+def _status_table(snapshot: dict[str, Any]) -> Table:
+    api = snapshot["api"]
+    table = Table(title=f"tagging-worker status (queue {snapshot['queue']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("queued", str(snapshot["queued"]))
+    table.add_row("delayed retries", str(snapshot["delayed_retries"]))
+    table.add_row("unfinished events", str(snapshot["unfinished_events"]))
+    by_reason = ", ".join(f"{r} {n}" for r, n in snapshot["dead_letters_by_reason"].items())
+    dead = str(snapshot["dead_letters"]) + (f" ({by_reason})" if by_reason else "")
+    table.add_row("dead letters", dead)
+    if snapshot["dead_letters_by_code"]:
+        by_code = ", ".join(f"{c} {n}" for c, n in snapshot["dead_letters_by_code"].items())
+        table.add_row("  by error code", by_code)
+    table.add_row("outcomes", ", ".join(f"{k} {v}" for k, v in snapshot["outcomes"].items()))
+    for window, rates in snapshot["rates_per_second"].items():
+        shown = ", ".join(f"{k} {v:g}/s" for k, v in rates.items() if v) or "-"
+        table.add_row(f"rates, {window.replace('_', ' ')}", shown if rates else "(no history yet)")
+    table.add_row("API pace", f"{api['rate']:g}/s of {api['rate_limit']:g}/s")
+    circuit = api["circuit"]
+    if circuit != "closed":
+        retry = api["circuit_retry_in"]
+        circuit += f" ({api['circuit_kind']}; {api['circuit_cause']}; probe in {retry:.0f} s)"
+    table.add_row("API circuit", circuit)
+    if "workers" in snapshot:
+        listed = [
+            f"{w['name']} ({w['active_tasks']} running{'' if w['consuming'] else ', paused'})"
+            for w in snapshot["workers"]
+        ]
+        table.add_row("workers", "\n".join(listed) or "none answered")
+    return table
 
 
 @cli.command("fake-api")

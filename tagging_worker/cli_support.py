@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import TYPE_CHECKING, Annotated
 
+import typer
 from celery import Celery
+from rich.console import Console
 
 from tagging_worker.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from tagging_worker.runtime import Runtime
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def settings_or_exit() -> Settings:
@@ -17,6 +28,12 @@ def settings_or_exit() -> Settings:
     except SettingsError as exc:
         print(f"tagging-worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def runtime_or_exit() -> Runtime:
+    from tagging_worker.runtime import Runtime
+
+    return Runtime(settings_or_exit())
 
 
 @functools.cache

@@ -1,9 +1,9 @@
 """The dead-letter store: events that cannot be applied, kept in Redis until an operator acts.
 
-A record is a hash (`json` holds the whole record; `reason` and `call_id` are copied out so
-the Lua scripts can keep the indexes right without decoding JSON). Adding, removing and
-replaying each run as one script, so a record is never half-indexed and a replay is never
-both on the queue and in the store, nor in neither.
+A record is a hash (`json` holds the whole record; `reason`, `call_id` and the error `code`
+are copied out so the Lua scripts can keep the indexes right without decoding JSON). Adding,
+removing and replaying each run as one script, so a record is never half-indexed and a replay
+is never both on the queue and in the store, nor in neither.
 """
 
 from __future__ import annotations
@@ -11,52 +11,69 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 
+from tagging_worker.dead_filter import DeadFilter, last_code
 from tagging_worker.keys import Keys
 from tagging_worker.messages import delivery_tag_of
 
-# KEYS: all, record, by-reason, by-call; ARGV: id, json, reason, call_id, died_at_ms, max, prefix
-_ADD = """
-local old_reason = redis.call('HGET', KEYS[2], 'reason')
-if old_reason and old_reason ~= ARGV[3] then
-  redis.call('ZREM', ARGV[7] .. ':dead:reason:' .. old_reason, ARGV[1])
+# Every record is indexed by time of death (all), reason, call and, when it has one, the
+# error code it died of; each script keeps all four right.
+_UNINDEX = """
+local function unindex(prefix, id, reason, call, code)
+  if reason then redis.call('ZREM', prefix .. ':dead:reason:' .. reason, id) end
+  if call then redis.call('ZREM', prefix .. ':dead:call:' .. call, id) end
+  if code and code ~= '' then redis.call('ZREM', prefix .. ':dead:code:' .. code, id) end
 end
-redis.call('HSET', KEYS[2], 'json', ARGV[2], 'reason', ARGV[3], 'call_id', ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+"""
+
+# KEYS: all, record
+# ARGV: id, json, reason, call_id, code ('' for none), died_at_ms, max, prefix, keep ('1':
+#       leave an existing record alone and return -1)
+_ADD = (
+    _UNINDEX
+    + """
+local prefix = ARGV[8]
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local old = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'code')
+unindex(prefix, ARGV[1], old[1], old[2], old[3])
+redis.call('HSET', KEYS[2], 'json', ARGV[2], 'reason', ARGV[3], 'call_id', ARGV[4], 'code', ARGV[5])
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
+redis.call('ZADD', prefix .. ':dead:reason:' .. ARGV[3], ARGV[6], ARGV[1])
+redis.call('ZADD', prefix .. ':dead:call:' .. ARGV[4], ARGV[6], ARGV[1])
+if ARGV[5] ~= '' then redis.call('ZADD', prefix .. ':dead:code:' .. ARGV[5], ARGV[6], ARGV[1]) end
 local trimmed = 0
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[6])
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[7])
 if excess > 0 then
   for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
-    local rec = ARGV[7] .. ':dead:rec:' .. id
-    local f = redis.call('HMGET', rec, 'reason', 'call_id')
+    local rec = prefix .. ':dead:rec:' .. id
+    local f = redis.call('HMGET', rec, 'reason', 'call_id', 'code')
     redis.call('ZREM', KEYS[1], id)
-    if f[1] then redis.call('ZREM', ARGV[7] .. ':dead:reason:' .. f[1], id) end
-    if f[2] then redis.call('ZREM', ARGV[7] .. ':dead:call:' .. f[2], id) end
+    unindex(prefix, id, f[1], f[2], f[3])
     redis.call('DEL', rec)
     trimmed = trimmed + 1
   end
 end
 return trimmed
 """
+)
 
 # KEYS: all, record, fate, outcomes, pending ('' when unknown), journal, journal index
 # ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version,
 #       delivery tag, now_ms
 # A replay also gives the event its ledger entry back (it is no longer dead), registers its
 # version as pending and journals its message, as publishing does.
-_TAKE = """
-local f = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'json')
+_TAKE = (
+    _UNINDEX
+    + """
+local f = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'json', 'code')
 if not f[3] then return 0 end
 if ARGV[5] ~= '' and f[3] ~= ARGV[5] then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', ARGV[2] .. ':dead:reason:' .. f[1], ARGV[1])
-redis.call('ZREM', ARGV[2] .. ':dead:call:' .. f[2], ARGV[1])
+unindex(ARGV[2], ARGV[1], f[1], f[2], f[4])
 redis.call('DEL', KEYS[2])
 if ARGV[3] == '' then return 1 end
 if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
@@ -67,6 +84,7 @@ redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
 redis.call('LPUSH', ARGV[3], ARGV[4])
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class Attempt:
     http_status: int | None
     request_id: str | None
     kind: str
+    charged: bool = True
+    """Whether it used one of the event's attempts (throttling and outages do not)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +108,7 @@ class Attempt:
             "http_status": self.http_status,
             "request_id": self.request_id,
             "kind": self.kind,
+            "charged": self.charged,
         }
 
 
@@ -122,7 +143,6 @@ class DeadLetterStore:
 
         Returns how many of the oldest records were trimmed to honour the retention limit.
         """
-        died_at = time.time()
         call_id = _field(normalized, event, "call_id")
         record = {
             "id": record_id,
@@ -136,26 +156,33 @@ class DeadLetterStore:
             "normalized": normalized,
             "attempts": attempts,
             "first_seen": first_seen,
-            "died_at": died_at,
+            "died_at": time.time(),
             "task_id": task_id,
         }
+        return self._store(record, keep_existing=False)
+
+    def restore(self, record: dict[str, Any], *, replace: bool) -> bool:
+        """Store an exported record as it was (its id and time of death kept). Without
+        `replace`, an id already here is left alone: returns False."""
+        if not isinstance(record.get("id"), str) or not isinstance(record.get("reason"), str):
+            raise ValueError("a dead-letter record needs a string id and reason")
+        return self._store(record, keep_existing=not replace) != -1
+
+    def _store(self, record: dict[str, Any], *, keep_existing: bool) -> int:
         k = self._keys
         return int(
             self._add(
-                keys=[
-                    k.dead_all,
-                    k.dead_record(record_id),
-                    k.dead_by_reason(reason),
-                    k.dead_by_call(str(call_id)),
-                ],
+                keys=[k.dead_all, k.dead_record(record["id"])],
                 args=[
-                    record_id,
+                    record["id"],
                     json.dumps(record, ensure_ascii=False, default=repr),
-                    reason,
-                    str(call_id),
-                    int(died_at * 1000),
+                    record["reason"],
+                    str(record.get("call_id")),
+                    last_code(record) or "",
+                    int(float(record.get("died_at") or time.time()) * 1000),
                     self._max,
                     k.prefix,
+                    "1" if keep_existing else "",
                 ],
             )
         )
@@ -172,57 +199,104 @@ class DeadLetterStore:
         raw = self._redis.hget(self._keys.dead_record(record_id), "json")
         return json.loads(raw) if raw else None
 
-    def count(self, *, reason: str | None = None, call_id: str | None = None) -> int:
-        return int(self._redis.zcard(self._index(reason, call_id)))
+    def count(self, where: DeadFilter | None = None) -> int:
+        """Exact: by one index when the filter is one indexed field, else by walking."""
+        where = where or DeadFilter()
+        index, rest = self._plan(where)
+        if rest.empty and where.since is None and where.until is None:
+            return int(self._redis.zcard(index))
+        return sum(1 for _ in self.iter_ids(where, cutoff_ms=None))
+
+    def count_by_reason(self) -> dict[str, int]:
+        return self._count_by(self._keys.dead_by_reason(""))
+
+    def count_by_code(self) -> dict[str, int]:
+        return self._count_by(self._keys.dead_by_code(""))
+
+    def _count_by(self, prefix: str) -> dict[str, int]:
+        counts = {
+            key.decode().removeprefix(prefix): int(self._redis.zcard(key))
+            for key in self._redis.scan_iter(f"{prefix}*", count=1000)
+        }
+        return {name: n for name, n in sorted(counts.items()) if n}
 
     def list(
-        self,
-        *,
-        reason: str | None = None,
-        call_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
+        self, where: DeadFilter | None = None, *, limit: int = 50, offset: int = 0
     ) -> list[dict[str, Any]]:
-        """Newest first. With both filters, the call's index is read and filtered by reason."""
-        index = self._index(None, call_id) if call_id else self._index(reason, None)
+        """Newest first, `offset` matching records skipped."""
+        where = where or DeadFilter()
+        index, rest = self._plan(where)
+        low, high = _score_range(where)
         records: list[dict[str, Any]] = []
-        start = offset
+        skipped = read = 0
         while len(records) < limit:
-            ids = self._redis.zrevrange(index, start, start + max(limit, 100) - 1)
+            ids = self._redis.zrevrangebyscore(index, high, low, start=read, num=500)
             if not ids:
                 break
-            start += len(ids)
+            read += len(ids)
             for record in self._fetch(ids):
-                if reason is None or record["reason"] == reason:
-                    records.append(record)
+                if not rest.matches(record):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                records.append(record)
         return records[:limit]
 
-    def iter_ids(self, *, reason: str | None = None, call_id: str | None = None) -> Iterator[str]:
+    def iter_records(self, where: DeadFilter | None = None) -> Iterator[dict[str, Any]]:
+        """Oldest first, every matching record (for export)."""
+        where = where or DeadFilter()
+        index, rest = self._plan(where)
+        low, high = _score_range(where)
+        read = 0
+        while ids := self._redis.zrangebyscore(index, low, high, start=read, num=500):
+            read += len(ids)
+            yield from (r for r in self._fetch(ids) if rest.matches(r))
+
+    def iter_ids(
+        self, where: DeadFilter | None = None, *, cutoff_ms: int | None = -1
+    ) -> Iterator[str]:
         """Oldest first, in pages, for bulk actions that remove what they are given.
 
-        Only records that died before the walk began are visited, so a replayed event that
-        dies again is not met twice; records the caller leaves in place are stepped over.
+        Only records that died before the walk began are visited (`cutoff_ms=-1`: now), so a
+        replayed event that dies again is not met twice; records the caller leaves in place
+        are stepped over.
         """
-        index = self._index(None, call_id) if call_id else self._index(reason, None)
-        cutoff = int(time.time() * 1000)
+        where = where or DeadFilter()
+        index, rest = self._plan(where)
+        low, high = _score_range(where)
+        if cutoff_ms is not None:
+            cutoff = int(time.time() * 1000) if cutoff_ms == -1 else cutoff_ms
+            high = cutoff if high == "+inf" else min(int(high.lstrip("(")), cutoff)
         kept = 0
         while True:
-            ids = self._redis.zrangebyscore(index, "-inf", cutoff, start=kept, num=500)
+            ids = self._redis.zrangebyscore(index, low, high, start=kept, num=500)
             if not ids:
                 return
-            for raw_id in ids:
-                record_id = raw_id.decode()
-                if (
-                    call_id
-                    and reason
-                    and self._redis.hget(self._keys.dead_record(record_id), "reason")
-                    != reason.encode()
-                ):
-                    kept += 1
-                    continue
+            if rest.empty:
+                wanted = [raw.decode() for raw in ids]
+            else:
+                wanted = [r["id"] for r in self._fetch(ids) if rest.matches(r)]
+                kept += len(ids) - len(wanted)
+            for record_id in wanted:
                 yield record_id
                 if self._redis.zscore(index, record_id) is not None:
                     kept += 1
+
+    def _plan(self, where: DeadFilter) -> tuple[str, DeadFilter]:
+        """The most selective index for the filter, and what is left to check per record."""
+        k = self._keys
+        if where.call_id is not None:
+            return k.dead_by_call(where.call_id), replace(
+                where, call_id=None, since=None, until=None
+            )
+        if where.code is not None:
+            return k.dead_by_code(where.code), replace(where, code=None, since=None, until=None)
+        if where.reason is not None:
+            return k.dead_by_reason(where.reason), replace(
+                where, reason=None, since=None, until=None
+            )
+        return k.dead_all, replace(where, since=None, until=None)
 
     def delete(self, record_id: str) -> bool:
         """Forget a record; the event's fate stays `dead` in the ledger."""
@@ -235,17 +309,30 @@ class DeadLetterStore:
             == 1
         )
 
-    def replay(self, record_id: str, *, queue: str, build_message: Callable[[dict], str]) -> bool:
-        """Move one record back onto the queue in one step; False if it is no longer here."""
+    def replay(
+        self,
+        record_id: str,
+        *,
+        queue: str,
+        build_message: Callable[[Any], str],
+        revise: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> bool:
+        """Move one record back onto the queue in one step; False if it is no longer here.
+
+        `revise(record)` gives the event to send (default: `replay_event`), for an operator's
+        fix or a forced version; the record must not change in between (ReplayConflict).
+        """
         raw = self._redis.hget(self._keys.dead_record(record_id), "json")
         if raw is None:
             return False
         record = json.loads(raw)
-        event = record.get("normalized") or {}
-        event_id = str(event.get("event_id") or record_id)
+        event = (revise or replay_event)(record)
+        fields = event if isinstance(event, dict) else {}
+        event_id = str(fields.get("event_id") or record_id)
         k = self._keys
-        pending = k.pending(event["call_id"]) if "version" in event else ""
-        message = build_message(record)
+        known = "version" in fields and isinstance(fields.get("call_id"), str)
+        pending = k.pending(fields["call_id"]) if known else ""
+        message = build_message(event)
         moved = self._take(
             keys=[
                 k.dead_all,
@@ -263,7 +350,7 @@ class DeadLetterStore:
                 message,
                 raw.decode(),
                 event_id,
-                event.get("version", 0),
+                fields.get("version", 0) if known else 0,
                 delivery_tag_of(message),
                 int(time.time() * 1000),
             ],
@@ -280,13 +367,6 @@ class DeadLetterStore:
             if raw:
                 yield json.loads(raw)
 
-    def _index(self, reason: str | None, call_id: str | None) -> str:
-        if call_id:
-            return self._keys.dead_by_call(call_id)
-        if reason:
-            return self._keys.dead_by_reason(reason)
-        return self._keys.dead_all
-
 
 def replay_event(record: dict[str, Any]) -> Any:
     """What a replay puts back: the validated event (its version fixed) or, if it never
@@ -298,3 +378,10 @@ def _field(normalized: dict[str, Any] | None, event: Any, name: str) -> Any:
     if normalized is not None:
         return normalized.get(name)
     return event.get(name) if isinstance(event, dict) else None
+
+
+def _score_range(where: DeadFilter) -> tuple[str | int, str | int]:
+    """Scores are times of death in ms; `until` is exclusive."""
+    low: str | int = int(where.since * 1000) if where.since is not None else "-inf"
+    high: str | int = f"({int(where.until * 1000)}" if where.until is not None else "+inf"
+    return low, high

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import redis
 from rich.console import Console
 
+from tagging_worker.redis_client import connect
 from tagging_worker.settings import Settings, SettingsError, load_settings
 
 Check = Callable[[Settings], str]
@@ -38,8 +39,10 @@ def run_doctor(out: Console) -> int:
     return 1 if failures else 0
 
 
-def _redis(url: str, what: str) -> str:
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+def _redis(url: str, what: str, sentinel_master: str | None) -> str:
+    client = connect(
+        url, sentinel_master=sentinel_master, socket_connect_timeout=3, socket_timeout=3
+    )
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -53,7 +56,9 @@ def _redis(url: str, what: str) -> str:
 
 
 def check_broker(settings: Settings) -> str:
-    return _redis(settings.broker_url, "the broker (TAGGING_BROKER_URL)")
+    return _redis(
+        settings.broker_url, "the broker (TAGGING_BROKER_URL)", settings.redis_sentinel_master
+    )
 
 
 def check_credentials(settings: Settings) -> str:

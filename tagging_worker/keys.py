@@ -27,6 +27,10 @@ class Keys:
     def dead_by_reason(self, reason: str) -> str:
         return self._k("dead", "reason", reason)
 
+    def dead_by_code(self, code: str) -> str:
+        """By the error code of the last attempt (records that never reached the API: none)."""
+        return self._k("dead", "code", code)
+
     def dead_by_call(self, call_id: str) -> str:
         return self._k("dead", "call", call_id)
 
@@ -65,6 +69,21 @@ class Keys:
         return self._k("journal")
 
     @property
+    def circuit(self) -> str:
+        """Hash: the API circuit's state, cool-down end, probe, failures in a row and cause."""
+        return self._k("flow", "circuit")
+
+    @property
+    def limiter(self) -> str:
+        """Hash: the shared pace (current rate, next free slot, when it last changed)."""
+        return self._k("flow", "limiter")
+
+    @property
     def outcomes(self) -> str:
         """Hash of outcome counters."""
         return self._k("outcomes")
+
+    @property
+    def outcome_history(self) -> str:
+        """Sorted set of timed copies of the outcome counters (score: ms), for recent rates."""
+        return self._k("outcomes", "history")

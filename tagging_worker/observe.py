@@ -1,54 +1,158 @@
-"""Where outcomes are reported: every log line about an event's fate is written here.
+"""Where what happens to events is reported: logs, metrics and Sentry hang off these calls.
 
-Metrics and Sentry hang off these same calls, so the task body stays the story of one
-event and instrumentation never leaks into it.
+The task body stays the story of one event and instrumentation never leaks into it. Each
+report is one structured log record (its fields become JSON keys: `logs.py`), the matching
+Prometheus counters, and for what an operator must act on, one Sentry event grouped by cause.
 """
 
 from __future__ import annotations
 
 import logging
 
-from tagging_worker.api import ApiFailure, ApiSuccess
+from tagging_worker import metrics, sentry
+from tagging_worker.api import ApiFailure, ApiResult, ApiSuccess
 from tagging_worker.classify import FailureKind
+from tagging_worker.flow import FlowPolicy, Hold, Verdict
 
 log = logging.getLogger("tagging_worker.events")
+flow_log = logging.getLogger("tagging_worker.flow")
+
+
+def api_called(result: ApiResult) -> None:
+    metrics.API_LATENCY.observe(result.duration)
+    if isinstance(result, ApiSuccess):
+        metrics.API_CALLS.labels("ok", "OK").inc()
+    else:
+        metrics.API_CALLS.labels(result.kind.value, result.code).inc()
+
+
+def waited_for_slot(seconds: float) -> None:
+    metrics.LIMITER_WAIT.observe(seconds)
 
 
 def applied(call_id: str, event_id: str, version: int, attempt: int, result: ApiSuccess) -> None:
+    metrics.EVENTS.labels("applied").inc()
     log.info(
-        "applied call_id=%s event_id=%s version=%s attempt=%d request_id=%s duration_ms=%.1f",
-        call_id,
-        event_id,
-        version,
-        attempt,
-        result.request_id,
-        result.duration * 1000,
+        "applied",
+        extra={
+            "outcome": "applied",
+            "call_id": call_id,
+            "event_id": event_id,
+            "version": version,
+            "attempt": attempt,
+            "request_id": result.request_id,
+            "duration_ms": round(result.duration * 1000, 1),
+        },
     )
 
 
-def retrying(call_id: str, event_id: str, attempt: int, failure: ApiFailure, delay: float) -> None:
-    level = logging.ERROR if failure.kind is FailureKind.SYSTEMIC else logging.WARNING
+def retrying(
+    call_id: str,
+    event_id: str,
+    version: int,
+    attempt: int,
+    failure: ApiFailure,
+    delay: float,
+    attempts_used: int,
+) -> None:
+    """Warning only for the event's own bad luck; throttling and outages are reported once,
+    by the circuit and the pace, not once per event."""
+    metrics.EVENTS.labels("retried").inc()
+    level = logging.WARNING if failure.kind is FailureKind.TRANSIENT else logging.INFO
     log.log(
         level,
-        "retrying call_id=%s event_id=%s attempt=%d kind=%s code=%s http_status=%s "
-        "request_id=%s delay_s=%.2f",
-        call_id,
-        event_id,
-        attempt,
-        failure.kind.value,
-        failure.code,
-        failure.http_status,
-        failure.request_id,
-        delay,
+        "attempt failed, retrying",
+        extra={
+            "outcome": "retried",
+            "call_id": call_id,
+            "event_id": event_id,
+            "version": version,
+            "attempt": attempt,
+            "attempts_used": attempts_used,
+            "kind": failure.kind.value,
+            "code": failure.code,
+            "http_status": failure.http_status,
+            "request_id": failure.request_id,
+            "duration_ms": round(failure.duration * 1000, 1),
+            "delay_s": round(delay, 2),
+        },
     )
+    sentry.breadcrumb(
+        f"retrying {event_id}: {failure.code}", call_id=call_id, request_id=failure.request_id
+    )
+
+
+def held(call_id: str, event_id: str, hold: Hold, delay: float) -> None:
+    why = "circuit" if hold.circuit_open else "rate"
+    metrics.EVENTS.labels("held").inc()
+    metrics.HELD.labels(why).inc()
+    log.debug(
+        "held without a call",
+        extra={
+            "outcome": "held",
+            "call_id": call_id,
+            "event_id": event_id,
+            "why": why,
+            "delay_s": round(delay, 2),
+        },
+    )
+
+
+def circuit_changed(verdict: Verdict, result: ApiResult, policy: FlowPolicy) -> None:
+    """Said once per change of the shared circuit, by the one worker that changed it."""
+    failure = result if isinstance(result, ApiFailure) else None
+    cause = f"{failure.code}: {failure.message}" if failure else ""
+    fields = {
+        "circuit": verdict.transition,
+        "kind": verdict.kind,
+        "code": failure.code if failure else None,
+        "retry_in_s": round(verdict.wait, 1),
+    }
+    if verdict.transition == "closed":
+        flow_log.warning("API calls resumed: the probe call was answered", extra=fields)
+    elif verdict.transition == "reopened":
+        flow_log.warning(
+            "API calls stay stopped: the probe failed (%s); next probe in %.0f s",
+            cause,
+            verdict.wait,
+            extra=fields,
+        )
+    else:
+        if verdict.kind == "systemic":
+            flow_log.error(
+                "API calls stopped: the set-up is broken, not the events (%s). Check the "
+                "access key, its RAM permissions, the host clock and the account balance. "
+                "Events are kept, not dead-lettered; one probe call every %.0f s until it works.",
+                cause,
+                policy.systemic_cooldown,
+                extra=fields,
+            )
+        else:
+            flow_log.error(
+                "API calls stopped: %d failures in a row, the last %s. Events wait without "
+                "using their attempts; next probe in %.0f s.",
+                policy.failure_threshold,
+                cause,
+                verdict.wait,
+                extra=fields,
+            )
+        if failure is not None:
+            sentry.circuit_opened(verdict.kind, failure.code, failure.message)
 
 
 def skipped(call_id: str, event_id: str, version: int, why: str) -> None:
-    log.info("skipped call_id=%s event_id=%s version=%s why=%s", call_id, event_id, version, why)
+    metrics.EVENTS.labels(why).inc()
+    log.info(
+        "skipped",
+        extra={"outcome": why, "call_id": call_id, "event_id": event_id, "version": version},
+    )
 
 
 def resurrected(call_id: str) -> None:
-    log.info("requeued the newest held-back event of call_id=%s after a newer one died", call_id)
+    log.info(
+        "requeued the newest held-back event of the call after a newer one died",
+        extra={"call_id": call_id},
+    )
 
 
 def dead_letters_trimmed(count: int, limit: int) -> None:
@@ -60,12 +164,29 @@ def dead_letters_trimmed(count: int, limit: int) -> None:
     )
 
 
-def dead(record_id: str, call_id: object, reason: str, detail: str, attempts: int) -> None:
+def dead(
+    record_id: str,
+    call_id: object,
+    reason: str,
+    detail: str,
+    *,
+    attempts: int,
+    code: str | None,
+    version: object = None,
+) -> None:
+    metrics.EVENTS.labels("dead").inc()
+    metrics.DEAD_LETTERS.labels(reason).inc()
     log.error(
-        "dead-lettered id=%s call_id=%s reason=%s attempts=%d detail=%s",
-        record_id,
-        call_id,
-        reason,
-        attempts,
+        "dead-lettered: %s",
         detail,
+        extra={
+            "outcome": "dead",
+            "event_id": record_id,
+            "call_id": call_id,
+            "version": version,
+            "reason": reason,
+            "code": code,
+            "attempt": attempts,
+        },
     )
+    sentry.dead_letter(record_id, call_id, reason, code or reason, detail)

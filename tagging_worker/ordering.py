@@ -387,9 +387,10 @@ class Ordering:
         ]
 
 
-def lease_ms_for(connect_timeout_ms: int, read_timeout_ms: int) -> int:
-    """A lease must outlive the longest API call it guards, or two writers could overlap."""
-    return connect_timeout_ms + read_timeout_ms + 5_000
+def lease_ms_for(connect_timeout_ms: int, read_timeout_ms: int, wait_ms: int = 0) -> int:
+    """A lease must outlive the longest wait for a turn plus the longest API call it guards,
+    or two writers could overlap."""
+    return wait_ms + connect_timeout_ms + read_timeout_ms + 5_000
 
 
 def _now_ms() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from enum import Enum
 
 import redis
@@ -10,7 +12,7 @@ from tagging_worker.keys import Keys
 
 
 class Outcome(str, Enum):
-    """The four fates (every event ends in exactly one) and two counts of work done."""
+    """The four fates (every event ends in exactly one) and three counts of work done."""
 
     APPLIED = "applied"
     STALE = "stale"
@@ -18,18 +20,65 @@ class Outcome(str, Enum):
     DEAD = "dead"
     RETRIED = "retried"
     REPLAYED = "replayed"
+    HELD = "held"
+    """Sent back to wait for the API budget or an open circuit, without using an attempt."""
 
 
 FATES = (Outcome.APPLIED, Outcome.STALE, Outcome.SUPERSEDED, Outcome.DEAD)
 
 
+# KEYS: counters, history; ARGV: slot (ms), keep (ms)
+_SAMPLE = """
+if redis.call('ZCOUNT', KEYS[2], ARGV[1], ARGV[1]) > 0 then return 0 end
+local counts = redis.call('HGETALL', KEYS[1])
+local fields = {}
+for i = 1, #counts, 2 do fields[counts[i]] = tonumber(counts[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1] .. ' ' .. cjson.encode(fields))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+return 1
+"""
+
+SAMPLE_EVERY_MS = 10_000
+KEEP_HISTORY_MS = 15 * 60_000
+
+
 class OutcomeCounters:
+    """Totals since the prefix was first used, and a short history of them (one sample per
+    10 s, whichever worker takes it) so that recent rates can be told."""
+
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._redis = client
         self._key = keys.outcomes
+        self._history = keys.outcome_history
+        self._sample = client.register_script(_SAMPLE)
 
     def add(self, outcome: Outcome, n: int = 1) -> None:
         self._redis.hincrby(self._key, outcome.value, n)
+
+    def sample(self, now: float | None = None) -> bool:
+        slot = int((now if now is not None else time.time()) * 1000) // SAMPLE_EVERY_MS
+        return bool(
+            self._sample(
+                keys=[self._key, self._history], args=[slot * SAMPLE_EVERY_MS, KEEP_HISTORY_MS]
+            )
+        )
+
+    def rates(self, window: float, now: float | None = None) -> dict[str, float]:
+        """Per second over about the last `window` seconds: from the oldest sample inside it
+        to the counters now. Empty until a sample that old exists."""
+        now = now if now is not None else time.time()
+        oldest = self._redis.zrangebyscore(
+            self._history, (now - window) * 1000, "+inf", start=0, num=1
+        )
+        if not oldest:
+            return {}
+        at_ms, _, counts = oldest[0].decode().partition(" ")
+        elapsed = now - int(at_ms) / 1000
+        if elapsed <= 0:
+            return {}
+        then = json.loads(counts) if counts != "{}" else {}
+        current = self.snapshot()
+        return {k: round((current[k] - then.get(k, 0)) / elapsed, 2) for k in current}
 
     def snapshot(self) -> dict[str, int]:
         raw = self._redis.hgetall(self._key)

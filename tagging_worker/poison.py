@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import time
 import uuid
 from typing import Any
@@ -21,8 +20,6 @@ from kombu.transport import redis as kombu_redis
 
 from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
 from tagging_worker.outcomes import Outcome
-
-log = logging.getLogger(__name__)
 
 OPAQUE_CONTENT_TYPE = "application/x-tagging-worker-undecodable"
 _json_loads = kombu_redis.loads
@@ -141,5 +138,7 @@ class PoisonAwareConsumer(Consumer):
             task_id=record_id,
         )
         rt.ordering.finish(record_id, Outcome.DEAD)
-        log.error("dead-lettered a message id=%s reason=%s detail=%s", record_id, reason, detail)
+        from tagging_worker import observe  # imports metrics: not before the worker set them up
+
+        observe.dead(record_id, None, reason, detail, attempts=0, code=None)
         message.ack()

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from tagging_worker.dead_letters import ReplayConflict, replay_event
+from collections.abc import Callable
+from typing import Any
+
+from tagging_worker.dead_letters import ReplayConflict
 from tagging_worker.messages import build_task_message
 from tagging_worker.runtime import Runtime
 
 
-def replay_dead_letter(rt: Runtime, record_id: str) -> bool:
-    """Move one record back onto the queue with a fresh attempt budget.
+def replay_dead_letter(
+    rt: Runtime, record_id: str, *, revise: Callable[[dict[str, Any]], Any] | None = None
+) -> bool:
+    """Move one record back onto the queue with a fresh attempt budget, as it was or as
+    `revise(record)` makes it.
 
     False when the record is gone, or changed between reading and moving it (then it stays).
     """
     queue = rt.settings.queue
     try:
-        moved = rt.dead_letters.replay(
+        return rt.dead_letters.replay(
             record_id,
             queue=queue,
-            build_message=lambda record: build_task_message(replay_event(record), queue=queue),
+            build_message=lambda event: build_task_message(event, queue=queue),
+            revise=revise,
         )
     except ReplayConflict:
         return False
-    return moved
+
+
+def winning_version(version: int, applied: int | None) -> int | None:
+    """For a forced replay: the version that beats what the call has applied, or None when
+    the event's own version already does."""
+    if applied is None or version > applied:
+        return None
+    return applied + 1

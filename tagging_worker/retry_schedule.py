@@ -54,15 +54,17 @@ class RetrySchedule:
 
 
 class Housekeeper(threading.Thread):
-    """Beside every worker: moves due retries to the queue each `interval`, and every
-    `recover_every` seconds sends again messages lost between Redis and a dying worker.
-    Redis errors are logged and retried on the next tick: the worker outlives a Redis restart.
+    """Beside every worker: moves due retries to the queue and runs `watch` each `interval`,
+    and every `recover_every` seconds sends again messages lost between Redis and a dying
+    worker. Redis errors are logged and retried on the next tick: the worker outlives a
+    Redis restart.
     """
 
     def __init__(
         self,
         schedule: RetrySchedule,
         recover: Callable[[], int],
+        watch: Callable[[], None],
         *,
         interval: float,
         recover_every: float,
@@ -70,6 +72,7 @@ class Housekeeper(threading.Thread):
         super().__init__(name="tagging-housekeeper", daemon=True)
         self._schedule = schedule
         self._recover = recover
+        self._watch = watch
         self._interval = interval
         self._recover_every = recover_every
         self._stopped = threading.Event()
@@ -78,6 +81,7 @@ class Housekeeper(threading.Thread):
         next_recovery = time.monotonic() + self._recover_every
         while not self._stopped.is_set():
             try:
+                self._watch()
                 while self._schedule.move_due() and not self._stopped.is_set():
                     pass
                 if time.monotonic() >= next_recovery:

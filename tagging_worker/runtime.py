@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
 
 from tagging_worker.api import TagsApi
 from tagging_worker.dead_letters import DeadLetterStore
+from tagging_worker.flow import Flow, FlowPolicy
+from tagging_worker.health import Heartbeats
 from tagging_worker.keys import Keys
 from tagging_worker.ordering import Ordering
 from tagging_worker.outcomes import OutcomeCounters
+from tagging_worker.redis_client import connect
 from tagging_worker.retry_schedule import RetrySchedule
 from tagging_worker.settings import Settings, load_settings
 
@@ -25,11 +28,16 @@ from tagging_worker.settings import Settings, load_settings
 @dataclass
 class Runtime:
     settings: Settings
+    api_blocked: threading.Event = field(default_factory=threading.Event)
+    """Set in the worker's main process while the circuit keeps every call from the API."""
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
+    """Left by the worker main process's loops, for the health endpoints."""
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        return connect(
             self.settings.broker_url,
+            sentinel_master=self.settings.redis_sentinel_master,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
@@ -61,6 +69,10 @@ class Runtime:
             version_ttl=self.settings.version_ttl_seconds,
             fate_ttl=self.settings.fate_ttl_seconds,
         )
+
+    @cached_property
+    def flow(self) -> Flow:
+        return Flow(self.redis, self.keys, FlowPolicy.from_settings(self.settings))
 
     @cached_property
     def retries(self) -> RetrySchedule:

@@ -11,11 +11,19 @@ from enum import Enum
 from functools import cached_property
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tagging_worker.classify import FailureKind, parse_overrides
 from tagging_worker.event import EventLimits
+from tagging_worker.logs import LogFormat
 
 ENV_PREFIX = "TAGGING_"
 
@@ -51,6 +59,10 @@ class Settings(BaseSettings):
         description="Also where the worker keeps its state: moving a message between the queue "
         "and the retry or dead-letter sets is one Lua script, so they share one Redis.",
     )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description="With a sentinel:// broker URL: the name of the master the sentinels watch.",
+    )
     key_prefix: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     queue: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
 
@@ -66,9 +78,81 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TAGGING_ACCESS_KEY_SECRET", "ACCESS_KEY_SECRET"),
     )
 
+    api_rate_limit: float = Field(
+        default=50.0,
+        gt=0,
+        le=100_000,
+        description="Requests/s to the API, shared by every worker on every host: set it to "
+        "the account's quota. Throttling answers lower the pace below it for a while.",
+    )
+    api_rate_burst: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Requests that may go at once after a quiet spell. 1 keeps to an even "
+        "pace, which a per-second quota counts most kindly.",
+    )
+    api_rate_floor: float = Field(
+        default=1.0, gt=0, description="Throttling never lowers the pace below this (requests/s)."
+    )
+    api_rate_decrease: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="On a throttling answer the shared pace is multiplied by this, or cut to "
+        "what the share of refused calls says the quota is when that is lower (at most by half).",
+    )
+    api_rate_increase: float = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="While calls succeed the pace grows back by this share of "
+        "TAGGING_API_RATE_LIMIT per second.",
+    )
+    api_rate_max_wait_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="A worker waits at most this long for its turn; an event that would wait "
+        "longer goes back to the retry schedule (no attempt used) and frees the worker.",
+    )
+    circuit_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Transient failures in a row (connection errors, 5xx, timeouts) that "
+        "open the circuit: no worker calls the API until the cool-down ends.",
+    )
+    circuit_cooldown_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    circuit_systemic_cooldown_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="Cool-down after a credentials, permission, clock or balance failure: "
+        "one probe call per cool-down until the set-up is fixed.",
+    )
+
     worker_concurrency: int = Field(default=16, ge=1, le=1024)
     worker_pool: Pool = Pool.THREADS
     log_level: str = Field(default="INFO", pattern=r"^(?i:DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO,
+        description="json (one object per line), text, or auto: text in a terminal, else json.",
+    )
+    metrics_port: int = Field(
+        default=9808,
+        ge=0,
+        le=65535,
+        description="Each worker serves /metrics, /livez and /readyz here; 0 turns it off.",
+    )
+    metrics_host: str = Field(default="0.0.0.0", min_length=1)
+    sentry_dsn: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TAGGING_SENTRY_DSN", "SENTRY_DSN")
+    )
+    sentry_environment: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TAGGING_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
+    )
 
     max_call_id_length: int = Field(default=128, ge=1, le=4096)
     max_tags: int = Field(default=100, ge=1, le=10_000)
@@ -112,6 +196,24 @@ class Settings(BaseSettings):
         "worker is sent again after this margin (for clock skew between hosts).",
     )
 
+    @model_validator(mode="after")
+    def _sentinel_has_a_master(self) -> Settings:
+        if self.broker_url.startswith("sentinel://") and not self.redis_sentinel_master:
+            raise ValueError(
+                "TAGGING_BROKER_URL is a sentinel:// URL: set TAGGING_REDIS_SENTINEL_MASTER "
+                "to the name of the master"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _floor_below_limit(self) -> Settings:
+        if self.api_rate_floor > self.api_rate_limit:
+            raise ValueError(
+                f"TAGGING_API_RATE_FLOOR ({self.api_rate_floor}) is above "
+                f"TAGGING_API_RATE_LIMIT ({self.api_rate_limit})"
+            )
+        return self
+
     @field_validator("error_codes", mode="before")
     @classmethod
     def _parse_error_codes(cls, value: Any) -> dict[str, FailureKind]:
@@ -133,6 +235,33 @@ class Settings(BaseSettings):
         )
 
 
+ENV_EXAMPLE_HEADER = """\
+# Every tagging-worker setting with its default. Copy to .env (or an env file / ConfigMap).
+# Credentials: ACCESS_KEY_ID / ACCESS_KEY_SECRET, or Alibaba Cloud's default chain
+# (ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET / ALIBABA_CLOUD_SECURITY_TOKEN,
+# RAM role, OIDC, ECS role). Keep them in a secret store, not in this file.
+# Sentry, optional: SENTRY_DSN=... and SENTRY_ENVIRONMENT=production.
+# Redis through Sentinel: TAGGING_BROKER_URL=sentinel://host1:26379;sentinel://host2:26379
+# and TAGGING_REDIS_SENTINEL_MASTER=<master name>.
+"""
+
+
+def env_example() -> str:
+    """`deploy/tagging-worker.env.example`, from the settings themselves so it cannot drift."""
+    lines = [ENV_EXAMPLE_HEADER.rstrip("\n")]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None:  # credentials and Sentry: named in the header
+            continue
+        if field.description:
+            lines.append(f"# {field.description}")
+        value = (
+            json.dumps(default) if isinstance(default, dict) else getattr(default, "value", default)
+        )
+        lines.append(f"{ENV_PREFIX}{name.upper()}={value}")
+    return "\n".join(lines) + "\n"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning pydantic's report into one line per the first bad field."""
     try:
@@ -146,9 +275,11 @@ _SECRET_WORDS = ("ACCESS_KEY", "SECRET", "TOKEN", "PASSWORD", "DSN")
 
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    field = str(error["loc"][0]) if error["loc"] else "?"
-    name = field if field.isupper() else f"{ENV_PREFIX}{field.upper()}"
-    shown = "" if any(word in name for word in _SECRET_WORDS) else f" (got {error.get('input')!r})"
     more = len(exc.errors()) - 1
     tail = f"; and {more} more" if more else ""
+    if not error["loc"]:  # a rule across fields: its message names them
+        return f"bad settings: {error['msg'].removeprefix('Value error, ')}{tail}"
+    field = str(error["loc"][0])
+    name = field if field.isupper() else f"{ENV_PREFIX}{field.upper()}"
+    shown = "" if any(word in name for word in _SECRET_WORDS) else f" (got {error.get('input')!r})"
     return f"bad setting {name}: {error['msg']}{shown}{tail}"

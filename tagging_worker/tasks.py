@@ -15,10 +15,11 @@ from celery.exceptions import Reject
 
 from tagging_worker import observe
 from tagging_worker.api import ApiFailure, ApiSuccess
-from tagging_worker.backoff import GiveUp, compute_delay, next_step
+from tagging_worker.backoff import GiveUp, RetryIn, compute_delay, next_step
 from tagging_worker.classify import FailureKind
 from tagging_worker.dead_letters import Attempt
 from tagging_worker.event import InvalidEvent, TagUpdate, validate_event
+from tagging_worker.flow import Hold, Verdict, signal_of, spread, uses_attempt
 from tagging_worker.messages import TASK_NAME, build_task_message
 from tagging_worker.ordering import Begin, lease_ms_for
 from tagging_worker.outcomes import Outcome
@@ -79,7 +80,12 @@ class RetryState:
             attempts=list(carried.get("attempts", [])),
         )
 
-    def after(self, failure: ApiFailure, at: float) -> RetryState:
+    @property
+    def attempts_used(self) -> int:
+        """Attempts that count against the event's limit."""
+        return sum(1 for attempt in self.attempts if attempt.get("charged", True))
+
+    def after(self, failure: ApiFailure, at: float, *, charged: bool) -> RetryState:
         attempt = Attempt(
             at=at,
             code=failure.code,
@@ -87,6 +93,7 @@ class RetryState:
             http_status=failure.http_status,
             request_id=failure.request_id,
             kind=failure.kind.value,
+            charged=charged,
         )
         return RetryState(self.received, self.first_seen, [*self.attempts, attempt.as_dict()])
 
@@ -115,7 +122,11 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
         update.event_id,
         _message(rt, update, state),
         token=token,
-        lease_ms=lease_ms_for(rt.settings.api_connect_timeout_ms, rt.settings.api_read_timeout_ms),
+        lease_ms=lease_ms_for(
+            rt.settings.api_connect_timeout_ms,
+            rt.settings.api_read_timeout_ms,
+            int(rt.settings.api_rate_max_wait_seconds * 1000),
+        ),
     )
     if step is Begin.BUSY:
         _later(rt, update, state, random.uniform(*BUSY_WAIT_SECONDS))
@@ -124,7 +135,23 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
         observe.skipped(update.call_id, update.event_id, update.version, step.value)
         return step.value
 
+    admission = rt.flow.admit(token)
+    if isinstance(admission, Hold):
+        return _hold(rt, state, update, admission, now, task_id=task_id, token=token)
+    if admission.wait:
+        time.sleep(admission.wait)
+    observe.waited_for_slot(admission.wait)
     result = rt.api.update_tags(update.call_id, update.tags_json)
+    observe.api_called(result)
+    failed = isinstance(result, ApiFailure)
+    verdict = rt.flow.record(
+        signal_of(result),
+        token=token,
+        code=result.code if failed else "",
+        message=result.message if failed else "",
+    )
+    if verdict.transition:
+        observe.circuit_changed(verdict, result, rt.flow.policy)
     if isinstance(result, ApiSuccess):
         rt.ordering.applied(update.call_id, update.version, update.event_id, token=token)
         observe.applied(
@@ -132,13 +159,42 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
         )
         return Outcome.APPLIED.value
 
-    state = state.after(result, now)
+    state = state.after(result, now, charged=uses_attempt(result.kind, verdict))
     detail = f"{result.code}: {result.message}"
     if result.kind is FailureKind.PERMANENT:
         return _bury(
             rt, state, update, "permanent_error", detail, task_id=task_id, token=token
         ).value
-    return _retry_or_bury(rt, state, update, result, detail, now, task_id=task_id, token=token)
+    return _retry_or_bury(
+        rt, state, update, result, verdict, detail, now, task_id=task_id, token=token
+    )
+
+
+def _hold(
+    rt: Runtime,
+    state: RetryState,
+    update: TagUpdate,
+    hold: Hold,
+    now: float,
+    *,
+    task_id: str,
+    token: str,
+) -> str:
+    """No API call now (the budget is spent or the circuit is open): the event waits in the
+    retry schedule, not in a worker, and keeps its attempts; only its maximum age limits it."""
+    step = _next_step(rt, state, now, spread(hold.wait))
+    if isinstance(step, GiveUp):
+        detail = (
+            f"the API circuit was open: {hold.cause}"
+            if hold.circuit_open
+            else "waited for the API budget (TAGGING_API_RATE_LIMIT) until its maximum age"
+        )
+        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
+    rt.ordering.release(update.call_id, token=token)
+    _later(rt, update, state, step.delay)
+    rt.outcomes.add(Outcome.HELD)
+    observe.held(update.call_id, update.event_id, hold, step.delay)
+    return Outcome.HELD.value
 
 
 def _retry_or_bury(
@@ -146,6 +202,7 @@ def _retry_or_bury(
     state: RetryState,
     update: TagUpdate,
     failure: ApiFailure,
+    verdict: Verdict,
     detail: str,
     now: float,
     *,
@@ -160,21 +217,36 @@ def _retry_or_bury(
         cap=s.retry_cap_seconds,
         retry_after=failure.retry_after,
     )
-    step = next_step(
-        attempts_made=len(state.attempts),
+    if verdict.circuit_open:
+        delay = max(delay, spread(verdict.wait))
+    step = _next_step(rt, state, now, delay)
+    if isinstance(step, GiveUp):
+        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
+    rt.ordering.release(update.call_id, token=token)
+    _later(rt, update, state, step.delay)
+    rt.outcomes.add(Outcome.RETRIED)
+    observe.retrying(
+        update.call_id,
+        update.event_id,
+        update.version,
+        len(state.attempts),
+        failure,
+        step.delay,
+        state.attempts_used,
+    )
+    return Outcome.RETRIED.value
+
+
+def _next_step(rt: Runtime, state: RetryState, now: float, delay: float) -> RetryIn | GiveUp:
+    s = rt.settings
+    return next_step(
+        attempts_made=state.attempts_used,
         max_attempts=s.retry_max_attempts,
         first_seen=state.first_seen,
         now=now,
         max_age=s.event_max_age_seconds,
         delay=delay,
     )
-    if isinstance(step, GiveUp):
-        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
-    rt.ordering.release(update.call_id, token=token)
-    _later(rt, update, state, step.delay)
-    rt.outcomes.add(Outcome.RETRIED)
-    observe.retrying(update.call_id, update.event_id, len(state.attempts), failure, step.delay)
-    return Outcome.RETRIED.value
 
 
 def _bury(
@@ -207,7 +279,15 @@ def _bury(
         if rt.ordering.dead(update.call_id, update.event_id, token=token) == "resurrected":
             observe.resurrected(update.call_id)
     call_id = update.call_id if update else _peek(state.received, "call_id")
-    observe.dead(record_id, call_id, reason, detail, len(state.attempts))
+    observe.dead(
+        record_id,
+        call_id,
+        reason,
+        detail,
+        attempts=len(state.attempts),
+        code=state.attempts[-1]["code"] if state.attempts else None,
+        version=update.version if update else None,
+    )
     if trimmed:
         observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
     return Outcome.DEAD

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,7 +75,8 @@ def fake_api() -> Iterator[FakeAlibabaApi]:
 @pytest.fixture
 def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
     """Settings for a worker pointed at this test's Redis keys and fake API, with short
-    retry delays so retry paths finish in a test's time."""
+    retry delays and circuit cool-downs so those paths finish in a test's time, and a budget
+    no test reaches unless it sets its own."""
     return {
         "TAGGING_BROKER_URL": REDIS_URL,
         "TAGGING_QUEUE": namespace,
@@ -85,6 +88,11 @@ def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
         "TAGGING_RETRY_CAP_SECONDS": "0.2",
         "TAGGING_RETRY_MAX_ATTEMPTS": "4",
         "TAGGING_SCHEDULER_INTERVAL_SECONDS": "0.05",
+        "TAGGING_API_RATE_LIMIT": "5000",
+        "TAGGING_CIRCUIT_COOLDOWN_SECONDS": "1",
+        "TAGGING_CIRCUIT_SYSTEMIC_COOLDOWN_SECONDS": "2",
+        "TAGGING_METRICS_PORT": "0",
+        "TAGGING_LOG_FORMAT": "json",
         "ACCESS_KEY_ID": ACCESS_KEY_ID,
         "ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
         "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
@@ -139,6 +147,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def records(self) -> list[dict[str, Any]]:
+        """The worker's JSON log records (lines that are not JSON, like Celery's banner, are
+        skipped)."""
+        found = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
 
 @pytest.fixture
 def start_worker(
@@ -161,10 +181,29 @@ def start_worker(
         worker.stop()
 
 
+def run_cli(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tagging-worker ARGS` as a user runs it, in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "tagging_worker", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def queued_events(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The events in the task messages on a queue, oldest first."""
+    raw = client.lrange(queue, 0, -1)[::-1]
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in raw]
+
+
 def queued_event_ids(client: redis.Redis, queue: str) -> list[str]:
     """The event ids of the task messages on a queue, oldest first."""
-    raw = client.lrange(queue, 0, -1)[::-1]
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]["event_id"] for m in raw]
+    return [event["event_id"] for event in queued_events(client, queue)]
 
 
 def settled(runtime: Runtime, n: int) -> Callable[[], bool]:
@@ -187,3 +226,70 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port free right now (a test's own server binds it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OwnRedis:
+    """A Redis server this test starts, with AOF persistence, on a free loopback port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+        )
+        wait_for(self._answers, timeout=15, what="the test's Redis to start")
+
+    def restart(self) -> None:
+        """A clean shutdown (AOF flushed) and a start on the same port and data."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(15)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("this test starts its own redis-server; scripts/bootstrap.sh installs it")
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -12,7 +12,8 @@ from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.settings import load_settings
 from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
-T, P, S = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.SYSTEMIC
+Q, T = FailureKind.THROTTLED, FailureKind.TRANSIENT
+P, S = FailureKind.PERMANENT, FailureKind.SYSTEMIC
 
 
 def _client(fake_api: FakeAlibabaApi, **overrides: Any) -> TagsApi:
@@ -37,7 +38,7 @@ def test_success_stores_the_tags_as_sent(fake_api: FakeAlibabaApi) -> None:
 @pytest.mark.parametrize(
     ("fault", "kind", "code", "status"),
     [
-        ({"kind": "throttle"}, T, "Throttling.User", 400),
+        ({"kind": "throttle"}, Q, "Throttling.User", 400),
         (
             {"kind": "error", "code": "ServiceUnavailable", "http_status": 503},
             T,
@@ -66,7 +67,7 @@ def test_success_stores_the_tags_as_sent(fake_api: FakeAlibabaApi) -> None:
         ),
         (
             {"kind": "success_false", "code": "Throttling.User", "where": "data"},
-            T,
+            Q,
             "Throttling.User",
             200,
         ),
@@ -158,3 +159,12 @@ def test_the_sdk_sends_call_id_and_tags_in_the_query_with_an_acs3_signature(
 
     [call] = fake_api.calls()
     assert (call.call_id, call.tags, call.access_key_id) == ("call-1 x", ["a b"], ACCESS_KEY_ID)
+
+
+def test_an_error_keeps_the_apis_own_message_without_the_sdks_wrapping(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    fake_api.add_fault("error", code="InvalidParameter.Tags", http_status=400, message="Bad tag.")
+    result = _client(fake_api).update_tags("call-1", '["x"]')
+    assert isinstance(result, ApiFailure)
+    assert result.message == "Bad tag." and result.request_id

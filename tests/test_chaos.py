@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,75 +27,13 @@ from tagging_worker.outcomes import FATES
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
-from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, WorkerProcess, wait_for
+from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, OwnRedis, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CALLS = 500
 EVENTS_PER_CALL = 10
 PERMANENT_CODE = "InvalidParameter.Tags"
-
-
-class OwnRedis:
-    """A Redis server this test starts, with AOF persistence, on a free loopback port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-        )
-        wait_for(self._answers, timeout=15, what="the test's Redis to start")
-
-    def restart(self) -> None:
-        """A clean shutdown (AOF flushed) and a start on the same port and data."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(15)
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
-        except redis.RedisError:
-            return False
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("the chaos suite starts its own redis-server; scripts/bootstrap.sh installs it")
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_chaos_every_event_accounted_for_and_newest_wins(

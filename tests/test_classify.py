@@ -6,13 +6,14 @@ import pytest
 
 from tagging_worker.classify import FailureKind, classify, parse_overrides
 
-T, P, S = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.SYSTEMIC
+Q, T = FailureKind.THROTTLED, FailureKind.TRANSIENT
+P, S = FailureKind.PERMANENT, FailureKind.SYSTEMIC
 
 CASES = [
-    ("Throttling", 400, T),
-    ("Throttling.User", 400, T),
-    ("Throttling.Api", 400, T),
-    ("Throttling.User", 429, T),
+    ("Throttling", 400, Q),
+    ("Throttling.User", 400, Q),
+    ("Throttling.Api", 400, Q),
+    ("Throttling.User", 429, Q),
     ("ServiceUnavailable", 503, T),
     ("InternalError", 500, T),
     ("SignatureNonceUsed", 400, T),
@@ -39,7 +40,7 @@ CASES = [
     ("SomethingNew", 404, P),
     ("SomethingNew", 500, T),
     ("SomethingNew", 502, T),
-    ("SomethingNew", 429, T),
+    ("SomethingNew", 429, Q),
     ("SomethingNew", 403, S),
     ("SomethingNew", None, T),
     ("SomethingNew", 200, P),
@@ -57,7 +58,7 @@ def test_code_first_then_status_decides_the_kind(
 
 
 def test_success_false_with_a_known_code_is_classified_by_that_code() -> None:
-    assert classify("Throttling.User", 200) is T
+    assert classify("Throttling.User", 200) is Q
     assert classify("InvalidParameter", 200) is P
 
 

@@ -12,21 +12,7 @@ import redis
 
 from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.runtime import Runtime
-
-CLI = [sys.executable, "-m", "tagging_worker"]
-
-
-def _run(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize(
@@ -43,7 +29,7 @@ def _run(
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
     worker_env: dict[str, str], variable: str, value: str
 ) -> None:
-    result = _run({**worker_env, variable: value}, "worker")
+    result = run_cli({**worker_env, variable: value}, "worker")
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -69,7 +55,7 @@ def test_celery_command_with_a_bad_setting_also_stops_with_one_line(
 
 
 def test_secret_values_are_never_echoed_in_setting_errors(worker_env: dict[str, str]) -> None:
-    result = _run(
+    result = run_cli(
         {**worker_env, "TAGGING_API_READ_TIMEOUT_MS": "x", "ACCESS_KEY_SECRET": "s3cr3t-value"},
         "worker",
     )
@@ -81,7 +67,7 @@ def test_secret_values_are_never_echoed_in_setting_errors(worker_env: dict[str, 
 def test_publish_prints_the_event_id_and_queues_one_message(
     worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
 ) -> None:
-    result = _run(
+    result = run_cli(
         worker_env,
         "publish",
         "--call-id",
@@ -106,7 +92,7 @@ def test_publish_reads_json_lines_from_stdin(
 ) -> None:
     lines = "\n".join(json.dumps({"call_id": f"c{n}", "tags": []}) for n in range(3))
 
-    result = _run(worker_env, "publish", "--file", "-", stdin=lines)
+    result = run_cli(worker_env, "publish", "--file", "-", stdin=lines)
 
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 3
@@ -116,7 +102,7 @@ def test_publish_reads_json_lines_from_stdin(
 def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
     worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
 ) -> None:
-    result = _run(
+    result = run_cli(
         worker_env,
         "publish",
         "--file",
@@ -130,9 +116,9 @@ def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
 
 
 def test_dead_show_of_an_unknown_id_exits_1(worker_env: dict[str, str], runtime: Runtime) -> None:
-    assert _run(worker_env, "dead", "show", "nope").returncode == 1
-    assert _run(worker_env, "dead", "replay", "nope").returncode == 1
-    assert _run(worker_env, "dead", "delete", "nope").returncode == 1
+    assert run_cli(worker_env, "dead", "show", "nope").returncode == 1
+    assert run_cli(worker_env, "dead", "replay", "nope").returncode == 1
+    assert run_cli(worker_env, "dead", "delete", "nope").returncode == 1
 
 
 def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime: Runtime) -> None:
@@ -148,13 +134,13 @@ def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime:
             task_id=f"t{n}",
         )
 
-    listed = _run(worker_env, "dead", "list", "--reason", "permanent_error", "--json")
+    listed = run_cli(worker_env, "dead", "list", "--reason", "permanent_error", "--json")
     assert [r["id"] for r in json.loads(listed.stdout)] == ["e2", "e1"]
-    shown = _run(worker_env, "dead", "show", "e0", "--json")
+    shown = run_cli(worker_env, "dead", "show", "e0", "--json")
     assert json.loads(shown.stdout)["event"] == {"call_id": "c0"}
-    assert "permanent_error" in _run({**worker_env, "COLUMNS": "200"}, "dead", "list").stdout
+    assert "permanent_error" in run_cli({**worker_env, "COLUMNS": "200"}, "dead", "list").stdout
 
-    purged = _run(worker_env, "dead", "purge", "--reason", "permanent_error", "--yes")
+    purged = run_cli(worker_env, "dead", "purge", "--reason", "permanent_error", "--yes")
     assert purged.returncode == 0 and "deleted 2" in purged.stdout
     assert [r["id"] for r in runtime.dead_letters.list()] == ["e0"]
 
@@ -162,7 +148,7 @@ def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime:
 def test_doctor_passes_when_redis_credentials_and_endpoint_are_fine(
     worker_env: dict[str, str], fake_api: FakeAlibabaApi
 ) -> None:
-    result = _run(worker_env, "doctor")
+    result = run_cli(worker_env, "doctor")
 
     assert result.returncode == 0, result.stdout
     assert "FAIL" not in result.stdout
@@ -175,7 +161,7 @@ def test_doctor_says_in_plain_words_what_is_wrong(worker_env: dict[str, str]) ->
         "TAGGING_BROKER_URL": "redis://127.0.0.1:9/0",
         "ACCESS_KEY_SECRET": "",
     }
-    result = _run(env, "doctor")
+    result = run_cli(env, "doctor")
 
     assert result.returncode == 1
     assert "cannot reach the broker" in result.stdout
@@ -189,7 +175,7 @@ def test_demo_shows_events_applied_and_a_dead_letter_replayed() -> None:
         "COLUMNS": "200",
         "TAGGING_BROKER_URL": os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
-    result = _run(env, "demo")
+    result = run_cli(env, "demo")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dead letter" in result.stdout and "permanent_error" in result.stdout

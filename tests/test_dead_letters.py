@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import pytest
 import redis
 
-from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, replay_event
+from tagging_worker.dead_filter import DeadFilter
+from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
 from tests.conftest import queued_event_ids
@@ -19,8 +21,8 @@ def store(redis_client: redis.Redis, namespace: str) -> DeadLetterStore:
     return DeadLetterStore(redis_client, Keys(namespace), max_records=1000)
 
 
-def _build(record: dict) -> str:
-    return build_task_message(replay_event(record), queue="q")
+def _build(event: dict) -> str:
+    return build_task_message(event, queue="q")
 
 
 def _add(
@@ -50,11 +52,12 @@ def test_list_is_newest_first_and_filters_by_reason_and_call(store: DeadLetterSt
     _add(store, "e3", reason="permanent_error", call_id="call-b")
 
     assert [r["id"] for r in store.list()] == ["e3", "e2", "e1"]
-    assert [r["id"] for r in store.list(reason="permanent_error")] == ["e3", "e1"]
-    assert [r["id"] for r in store.list(call_id="call-a")] == ["e2", "e1"]
-    assert [r["id"] for r in store.list(call_id="call-a", reason="invalid_event")] == ["e2"]
+    assert [r["id"] for r in store.list(DeadFilter(reason="permanent_error"))] == ["e3", "e1"]
+    assert [r["id"] for r in store.list(DeadFilter(call_id="call-a"))] == ["e2", "e1"]
+    both = DeadFilter(call_id="call-a", reason="invalid_event")
+    assert [r["id"] for r in store.list(both)] == ["e2"]
     assert [r["id"] for r in store.list(limit=1, offset=1)] == ["e2"]
-    assert store.count() == 3 and store.count(reason="permanent_error") == 2
+    assert store.count() == 3 and store.count(DeadFilter(reason="permanent_error")) == 2
 
 
 def test_same_id_replaces_the_record_instead_of_duplicating_it(store: DeadLetterStore) -> None:
@@ -62,7 +65,7 @@ def test_same_id_replaces_the_record_instead_of_duplicating_it(store: DeadLetter
     _add(store, "e1", reason="permanent_error")
 
     assert store.count() == 1
-    assert store.count(reason="retries_exhausted") == 0
+    assert store.count(DeadFilter(reason="retries_exhausted")) == 0
     assert store.get("e1")["reason"] == "permanent_error"
 
 
@@ -75,8 +78,8 @@ def test_retention_limit_trims_the_oldest_records(
 
     assert [r["id"] for r in store.list()] == ["e4", "e3", "e2"]
     assert store.get("e0") is None
-    assert store.count(call_id="call-0") == 0
-    assert store.count(reason="permanent_error") == 3
+    assert store.count(DeadFilter(call_id="call-0")) == 0
+    assert store.count(DeadFilter(reason="permanent_error")) == 3
 
 
 def test_replay_moves_the_record_onto_the_queue_in_one_step(
@@ -97,9 +100,9 @@ def test_replay_refuses_a_record_that_changed_after_it_was_read(
 ) -> None:
     _add(store, "e1", version=1)
 
-    def rewrite_meanwhile(record: dict) -> str:
+    def rewrite_meanwhile(event: dict) -> str:
         _add(store, "e1", version=2)
-        return _build(record)
+        return _build(event)
 
     with pytest.raises(ReplayConflict):
         store.replay("e1", queue=namespace, build_message=rewrite_meanwhile)
@@ -147,6 +150,74 @@ def test_delete_removes_the_record_from_every_index(store: DeadLetterStore) -> N
 
     assert store.delete("e1")
     assert not store.delete("e1")
-    assert (
-        store.count() == store.count(call_id="call-x") == store.count(reason="permanent_error") == 0
+    assert store.count() == store.count(DeadFilter(call_id="call-x")) == 0
+    assert store.count(DeadFilter(reason="permanent_error")) == 0
+
+
+def _add_failed(store: DeadLetterStore, record_id: str, code: str, call_id: str = "c") -> None:
+    event = {"call_id": call_id, "tags": ["a"], "version": 1, "event_id": record_id}
+    store.add(
+        record_id=record_id,
+        reason="permanent_error",
+        detail=f"{code}: no",
+        event=event,
+        normalized=event,
+        attempts=[{"code": "InternalError"}, {"code": code}],
+        first_seen=0.0,
+        task_id="t",
     )
+
+
+def test_records_are_indexed_by_the_code_they_died_of(store: DeadLetterStore) -> None:
+    _add_failed(store, "e1", "InvalidParameter.Tags")
+    _add_failed(store, "e2", "InvalidParameter.Tags")
+    _add_failed(store, "e3", "MissingTags")
+    _add(store, "e4")  # never reached the API: no code
+
+    assert store.count_by_code() == {"InvalidParameter.Tags": 2, "MissingTags": 1}
+    assert [r["id"] for r in store.list(DeadFilter(code="InvalidParameter.Tags"))] == ["e2", "e1"]
+    store.delete("e1")
+    _add_failed(store, "e3", "InvalidParameter.Tags")  # the same id dies of another code
+    assert store.count_by_code() == {"InvalidParameter.Tags": 2}
+
+
+def test_filters_combine_with_a_time_range(store: DeadLetterStore) -> None:
+    for n in range(5):
+        _add_failed(store, f"e{n}", "X" if n % 2 else "Y", call_id=f"call-{n}")
+        time.sleep(0.005)  # times of death are kept to the millisecond
+    died = [store.get(f"e{n}")["died_at"] for n in range(5)]
+    where = DeadFilter(code="Y", since=died[1], until=died[4])
+    assert [r["id"] for r in store.list(where)] == ["e2"]
+    assert store.count(where) == 1
+    assert list(store.iter_ids(DeadFilter(code="X"))) == ["e1", "e3"]
+    assert [r["id"] for r in store.iter_records(DeadFilter(since=died[3]))] == ["e3", "e4"]
+
+
+def test_restored_records_keep_their_id_and_time_and_do_not_overwrite_by_default(
+    store: DeadLetterStore,
+) -> None:
+    _add_failed(store, "e1", "X")
+    exported = store.get("e1")
+    assert not store.restore({**exported, "detail": "changed"}, replace=False)
+    assert store.get("e1")["detail"] == "X: no"
+    store.delete("e1")
+    assert store.restore(exported, replace=False)
+    assert store.get("e1") == exported
+    assert store.count_by_code() == {"X": 1}
+    with pytest.raises(ValueError):
+        store.restore({"reason": "x"}, replace=True)
+
+
+def test_a_revised_replay_registers_the_revised_version(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    _add(store, "e1", version=3)
+    assert store.replay(
+        "e1",
+        queue=namespace,
+        build_message=_build,
+        revise=lambda r: {**r["normalized"], "version": 9},
+    )
+    [event_id] = queued_event_ids(redis_client, namespace)
+    assert event_id == "e1"
+    assert redis_client.zscore(Keys(namespace).pending("call-1"), "e1") == 9

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +16,7 @@ from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
-from tests.conftest import REDIS_URL, WorkerProcess, wait_for
+from tests.conftest import REDIS_URL, WorkerProcess, run_cli, wait_for
 from tests.conftest import settled as _settled
 
 pytestmark = pytest.mark.e2e
@@ -27,16 +24,6 @@ pytestmark = pytest.mark.e2e
 
 def _publisher(runtime: Runtime) -> Publisher:
     return Publisher(runtime.ordering, limits=runtime.settings.event_limits)
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tagging_worker", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_events_are_applied_with_their_tags(
@@ -145,31 +132,42 @@ def test_replay_from_the_dead_letters_applies_the_event(
     start_worker()
     wait_for(_settled(runtime, 1), what="the event dead-lettered")
 
-    listed = _cli(worker_env, "dead", "list", "--json")
+    listed = run_cli(worker_env, "dead", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [r["id"] for r in json.loads(listed.stdout)] == [event_id]
-    replayed = _cli(worker_env, "dead", "replay", event_id)
+    replayed = run_cli(worker_env, "dead", "replay", event_id)
     assert replayed.returncode == 0, replayed.stderr
 
     wait_for(lambda: runtime.outcomes.snapshot()["applied"] == 1, what="the replay applied")
     assert fake_api.tags_of("call-r") == ["回访"]
     assert runtime.dead_letters.count() == 0
-    assert _cli(worker_env, "dead", "show", event_id).returncode == 1
+    assert run_cli(worker_env, "dead", "show", event_id).returncode == 1
 
 
-def test_wrong_secret_is_refused_by_the_signature_check_and_never_applied(
+def test_a_wrong_secret_stops_the_calls_and_keeps_the_event_until_its_maximum_age(
     runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
 ) -> None:
+    """The set-up is broken, not the event: no attempts are used, one probe per cool-down
+    reaches the API, and only the event's maximum age ends its wait, as `expired` with the
+    systemic error that kept it."""
     event_id = _publisher(runtime).publish({"call_id": "call-s", "tags": ["x"]})
-    start_worker(ACCESS_KEY_SECRET="not-the-secret")
+    max_age, cooldown = 3.0, 0.5
+    start_worker(
+        ACCESS_KEY_SECRET="not-the-secret",
+        TAGGING_EVENT_MAX_AGE_SECONDS=str(max_age),
+        TAGGING_CIRCUIT_SYSTEMIC_COOLDOWN_SECONDS=str(cooldown),
+    )
 
     wait_for(_settled(runtime, 1), what="the event dead-lettered")
 
     assert fake_api.tags_of("call-s") is None
-    assert fake_api.counters().get("SignatureDoesNotMatch", 0) == 4
+    refused = fake_api.counters().get("SignatureDoesNotMatch", 0)
+    assert 1 <= refused <= 1 + max_age / cooldown
     record = runtime.dead_letters.get(event_id)
+    assert record["reason"] == "expired"
+    assert "SignatureDoesNotMatch" in record["detail"]
     assert {a["code"] for a in record["attempts"]} == {"SignatureDoesNotMatch"}
-    assert {a["kind"] for a in record["attempts"]} == {"systemic"}
+    assert {(a["kind"], a["charged"]) for a in record["attempts"]} == {("systemic", False)}
 
 
 def test_a_message_sent_by_celery_itself_is_applied(
@@ -232,7 +230,7 @@ def test_replaying_an_older_version_after_a_newer_one_applied_ends_stale(
     publisher.publish({"call_id": "call-o", "tags": ["new"], "version": 5})
     wait_for(lambda: fake_api.tags_of("call-o") == ["new"], what="version 5 applied")
 
-    assert _cli(worker_env, "dead", "replay", old).returncode == 0
+    assert run_cli(worker_env, "dead", "replay", old).returncode == 0
 
     wait_for(lambda: runtime.ordering.fate(old) == "stale", what="the replay judged stale")
     assert fake_api.tags_of("call-o") == ["new"]

@@ -1,0 +1,368 @@
+"""Kindness to the API: one request budget, an adaptive pace and a circuit breaker, shared by
+every worker process on every host through Redis.
+
+Celery's `rate_limit` is per process and knows nothing of the others, while Alibaba counts
+the account's requests per second across all of them. So the budget lives in Redis:
+
+- **pace** (GCRA): a theoretical arrival time advanced by one interval per request. A worker
+  *reserves* the next slot and sleeps until it, so nobody polls; when the next slot is further
+  away than `max_wait`, the event goes back to the retry schedule instead of holding a worker.
+- **adaptive rate** (AIMD): a throttling answer cuts the pace once per pace (not again until
+  the slots reserved at the old pace have gone out and been answered): by `decrease`, or to
+  what the share of refusals says the quota is when that is lower (at most by half); sustained
+  success adds `increase` of the limit per second, never above the limit.
+- **circuit**: a run of transient failures opens it for a cool-down, a systemic failure
+  (credentials, permission, clock, balance) at once for a longer one; while open nobody calls
+  the API and events wait without using their attempts. After the cool-down one caller is
+  let through as the probe (half-open); its success closes the circuit, its failure reopens it.
+
+Time is Redis's own (`TIME`), so hosts with skewed clocks share one timeline. Each decision is
+one Lua script; the rules about what a failure means for an event stay in Python (`uses_attempt`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import redis
+
+from tagging_worker.api import ApiResult, ApiSuccess
+from tagging_worker.classify import FailureKind
+from tagging_worker.keys import Keys
+from tagging_worker.settings import Settings
+
+
+class Signal(str, Enum):
+    """What one API call says about the API, as opposed to about the event."""
+
+    ANSWERED = "answered"
+    """It answered on its merits (success, or a refusal of this event): it is up."""
+    THROTTLED = "throttled"
+    FAILED = "failed"
+    """Connection error, 5xx, timeout: maybe down."""
+    SYSTEMIC = "systemic"
+    """Our set-up is broken: every call will fail the same way."""
+
+
+def signal_of(result: ApiResult) -> Signal:
+    if isinstance(result, ApiSuccess) or result.kind is FailureKind.PERMANENT:
+        return Signal.ANSWERED
+    return {
+        FailureKind.THROTTLED: Signal.THROTTLED,
+        FailureKind.TRANSIENT: Signal.FAILED,
+        FailureKind.SYSTEMIC: Signal.SYSTEMIC,
+    }[result.kind]
+
+
+@dataclass(frozen=True)
+class FlowPolicy:
+    rate_limit: float
+    burst: int
+    rate_floor: float
+    decrease: float
+    increase: float
+    """Share of `rate_limit` regained per second of success."""
+    max_wait: float
+    failure_threshold: int
+    cooldown: float
+    systemic_cooldown: float
+    probe_timeout: float
+    """How long a probe may take before another caller may probe (its caller died)."""
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FlowPolicy:
+        return cls(
+            rate_limit=s.api_rate_limit,
+            burst=s.api_rate_burst,
+            rate_floor=s.api_rate_floor,
+            decrease=s.api_rate_decrease,
+            increase=s.api_rate_increase,
+            max_wait=s.api_rate_max_wait_seconds,
+            failure_threshold=s.circuit_failure_threshold,
+            cooldown=s.circuit_cooldown_seconds,
+            systemic_cooldown=s.circuit_systemic_cooldown_seconds,
+            probe_timeout=(s.api_connect_timeout_ms + s.api_read_timeout_ms) / 1000 + 5,
+        )
+
+    decrease_hold: float = 0.25
+    """After the last slot reserved at the old pace, how long its answers may still take to
+    come back (and count against the old pace, not the new one)."""
+
+
+@dataclass(frozen=True)
+class Go:
+    """Call the API after sleeping `wait` seconds (the reserved slot)."""
+
+    wait: float
+    probe: bool
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Do not call the API now; come back in about `wait` seconds."""
+
+    wait: float
+    circuit_open: bool
+    """True: the circuit is open (`cause` says why); False: the pace is full."""
+    cause: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The shared state after one call's signal was recorded."""
+
+    transition: str
+    """'' (nothing changed), 'opened', 'reopened' (a probe failed) or 'closed'."""
+    circuit_open: bool
+    wait: float
+    """When open: seconds until the next probe may go."""
+    rate: float
+    kind: str
+    """When open: 'transient' or 'systemic'."""
+
+
+def uses_attempt(result_kind: FailureKind, verdict: Verdict) -> bool:
+    """Does this failure use one of the event's attempts? Only when it may be the event's
+    own bad luck: throttling and systemic failures are the account's, and a failure that
+    found (or left) the circuit open is the API's outage."""
+    if result_kind is FailureKind.PERMANENT:
+        return True
+    return result_kind is FailureKind.TRANSIENT and not verdict.circuit_open
+
+
+def spread(wait: float) -> float:
+    """Events held back together should not all come back in the same instant."""
+    return wait * random.uniform(1.0, 1.2) + random.uniform(0.0, 0.05)
+
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: circuit, limiter; ARGV: token, ceiling, burst, max_wait_ms, probe_ms
+_ADMIT = (
+    _NOW
+    + """
+local c = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until', 'code', 'message')
+local state = c[1] or 'closed'
+if state ~= 'closed' then
+  local deadline = tonumber((state == 'open') and c[2] or c[3]) or 0
+  if now < deadline then
+    -- while a probe is out, look again soon: its answer usually takes well under a second
+    local wait = (state == 'open') and (deadline - now) or math.min(deadline - now, 1000)
+    return {'open', tostring(wait), c[4] or '', c[5] or ''}
+  end
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe', ARGV[1],
+             'probe_until', now + tonumber(ARGV[5]))
+  return {'probe', '0', '', ''}
+end
+local ceiling = tonumber(ARGV[2])
+local l = redis.call('HMGET', KEYS[2], 'rate', 'tat')
+local rate = math.min(tonumber(l[1]) or ceiling, ceiling)
+local interval = 1000 / rate
+local tat = math.max(tonumber(l[2]) or now, now)
+local wait = math.max(tat - (tonumber(ARGV[3]) - 1) * interval - now, 0)
+if wait > tonumber(ARGV[4]) then return {'rate', tostring(wait), '', ''} end
+redis.call('HSET', KEYS[2], 'tat', tat + interval)
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return {'go', tostring(wait), '', ''}
+"""
+)
+
+# KEYS: circuit, limiter
+# ARGV: signal, token, ceiling, floor, decrease, increase (req/s per s), hold_ms, threshold,
+#       cooldown_ms, systemic cooldown_ms, code, message
+_RECORD = (
+    _NOW
+    + """
+local signal = ARGV[1]
+local ceiling = tonumber(ARGV[3])
+local l = redis.call('HMGET', KEYS[2], 'rate', 'grown_at', 'hold_until', 'tat', 'sent_at',
+                     'answered', 'throttled')
+local rate = math.min(tonumber(l[1]) or ceiling, ceiling)
+if signal == 'answered' or signal == 'throttled' then
+  redis.call('HINCRBY', KEYS[2], signal, 1)
+end
+if signal == 'throttled' then
+  -- Slots reserved at the old pace keep going out until `tat` and their answers come back a
+  -- moment later: they count once, in one cut, or one burst of refusals would cut many times.
+  -- The share refused since the last cut says how far over the quota the pace it was sent
+  -- at is; cut to that estimate when it is below the usual step, never by more than half.
+  if now >= (tonumber(l[3]) or 0) then
+    local answered, throttled = tonumber(l[6]) or 0, (tonumber(l[7]) or 0) + 1
+    local cut = rate * tonumber(ARGV[5])
+    if answered + throttled >= 10 then
+      local estimate = (tonumber(l[5]) or rate) * answered / (answered + throttled)
+      cut = math.max(rate / 2, math.min(cut, estimate))
+    end
+    local hold_until = math.max(tonumber(l[4]) or now, now) + tonumber(ARGV[7])
+    redis.call('HSET', KEYS[2], 'rate', math.max(tonumber(ARGV[4]), cut), 'sent_at', rate,
+               'hold_until', hold_until, 'grown_at', now, 'answered', 0, 'throttled', 0)
+    rate = math.max(tonumber(ARGV[4]), cut)
+  end
+elseif signal == 'answered' and rate < ceiling then
+  local since = math.min(math.max(now - (tonumber(l[2]) or now), 0), 1000)
+  rate = math.min(ceiling, rate + tonumber(ARGV[6]) * since / 1000)
+  redis.call('HSET', KEYS[2], 'rate', rate, 'grown_at', now)
+end
+redis.call('PEXPIRE', KEYS[2], 86400000)
+
+local c = redis.call('HMGET', KEYS[1], 'state', 'probe', 'failures', 'kind', 'until')
+local state = c[1] or 'closed'
+local is_probe = state == 'half_open' and c[2] == ARGV[2]
+local transition = ''
+local function open(kind, cooldown)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + cooldown, 'kind', kind,
+             'code', ARGV[11], 'message', ARGV[12], 'opened_at', now)
+  redis.call('HDEL', KEYS[1], 'probe', 'probe_until', 'failures')
+  state = 'open'
+end
+if signal == 'answered' or signal == 'throttled' then
+  -- While open, an answer to a request sent before it opened proves nothing: only a call
+  -- let through after the cool-down closes it.
+  if state == 'half_open' then
+    redis.call('DEL', KEYS[1])
+    state = 'closed'
+    transition = 'closed'
+  elseif c[3] then
+    redis.call('HDEL', KEYS[1], 'failures')
+  end
+elseif signal == 'failed' then
+  if state == 'closed' then
+    if redis.call('HINCRBY', KEYS[1], 'failures', 1) >= tonumber(ARGV[8]) then
+      open('transient', tonumber(ARGV[9]))
+      transition = 'opened'
+    end
+  elseif is_probe then
+    open('transient', tonumber(ARGV[9]))
+    transition = 'reopened'
+  end
+elseif signal == 'systemic' then
+  if state == 'closed' or (state == 'open' and c[4] ~= 'systemic') then
+    open('systemic', tonumber(ARGV[10]))
+    transition = 'opened'
+  elseif is_probe then
+    open('systemic', tonumber(ARGV[10]))
+    transition = 'reopened'
+  end
+end
+local wait = 0
+local kind = ''
+if state ~= 'closed' then
+  local f = redis.call('HMGET', KEYS[1], 'until', 'probe_until', 'kind')
+  if state == 'open' then
+    wait = math.max((tonumber(f[1]) or now) - now, 0)
+  else
+    wait = math.min(math.max((tonumber(f[2]) or now) - now, 0), 1000)
+  end
+  kind = f[3] or ''
+end
+return {transition, state, tostring(wait), tostring(rate), kind}
+"""
+)
+
+# KEYS: circuit; returns 1 while no caller may reach the API (open, or a probe under way)
+_BLOCKED = (
+    _NOW
+    + """
+local c = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until')
+if c[1] == 'open' then return (now < tonumber(c[2])) and 1 or 0 end
+if c[1] == 'half_open' then return (now < tonumber(c[3])) and 1 or 0 end
+return 0
+"""
+)
+
+
+class Flow:
+    def __init__(self, client: redis.Redis, keys: Keys, policy: FlowPolicy) -> None:
+        self._redis = client
+        self._keys = keys
+        self.policy = policy
+        self._admit = client.register_script(_ADMIT)
+        self._record = client.register_script(_RECORD)
+        self._blocked = client.register_script(_BLOCKED)
+
+    def admit(self, token: str) -> Go | Hold:
+        """Ask for one API call; `token` identifies the caller should it become the probe."""
+        p = self.policy
+        verdict, wait_ms, code, message = (
+            _text(x)
+            for x in self._admit(
+                keys=[self._keys.circuit, self._keys.limiter],
+                args=[token, p.rate_limit, p.burst, p.max_wait * 1000, p.probe_timeout * 1000],
+            )
+        )
+        wait = float(wait_ms) / 1000
+        if verdict == "go":
+            return Go(wait=wait, probe=False)
+        if verdict == "probe":
+            return Go(wait=0.0, probe=True)
+        if verdict == "rate":
+            return Hold(wait=wait, circuit_open=False)
+        return Hold(wait=wait, circuit_open=True, cause=f"{code}: {message}")
+
+    def record(self, signal: Signal, *, token: str, code: str = "", message: str = "") -> Verdict:
+        p = self.policy
+        transition, state, wait_ms, rate, kind = (
+            _text(x)
+            for x in self._record(
+                keys=[self._keys.circuit, self._keys.limiter],
+                args=[
+                    signal.value,
+                    token,
+                    p.rate_limit,
+                    p.rate_floor,
+                    p.decrease,
+                    p.increase * p.rate_limit,
+                    p.decrease_hold * 1000,
+                    p.failure_threshold,
+                    p.cooldown * 1000,
+                    p.systemic_cooldown * 1000,
+                    code,
+                    message[:500],
+                ],
+            )
+        )
+        return Verdict(
+            transition=transition,
+            circuit_open=state != "closed",
+            wait=float(wait_ms) / 1000,
+            rate=float(rate),
+            kind=kind,
+        )
+
+    def blocked(self) -> bool:
+        """While True no caller may reach the API, so workers should stop taking messages."""
+        return bool(self._blocked(keys=[self._keys.circuit]))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The shared state as an operator reads it (`tagging-worker status`)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hgetall(self._keys.circuit)
+            pipe.hmget(self._keys.limiter, "rate")
+            (seconds, micros), circuit, (rate,) = pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
+        c = {_text(k): _text(v) for k, v in circuit.items()}
+        state = c.get("state", "closed")
+        deadline = c.get("until") if state == "open" else c.get("probe_until")
+        current = min(float(rate), self.policy.rate_limit) if rate else self.policy.rate_limit
+        return {
+            "rate": round(current, 3),
+            "rate_limit": self.policy.rate_limit,
+            "circuit": state,
+            "circuit_kind": c.get("kind"),
+            "circuit_cause": f"{c['code']}: {c['message']}" if "code" in c else None,
+            "circuit_retry_in": (
+                max(float(deadline) - now_ms, 0) / 1000 if deadline is not None else None
+            ),
+            "failures_in_a_row": int(c.get("failures", 0)),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

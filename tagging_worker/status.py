@@ -1,0 +1,55 @@
+"""What an operator on call needs at a glance, read from Redis (and the workers) in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from tagging_worker.runtime import Runtime
+
+
+def gather(rt: Runtime) -> dict[str, Any]:
+    """Counts are read one after another, not in one transaction: a busy system moves
+    between them, which is fine for a view. Redis only: metrics scrapes use it too."""
+    return {
+        "queue": rt.settings.queue,
+        "queued": int(rt.redis.llen(rt.settings.queue)),
+        "delayed_retries": rt.retries.pending(),
+        "unfinished_events": int(rt.redis.zcard(rt.keys.journal_index)),
+        "dead_letters": rt.dead_letters.count(),
+        "dead_letters_by_reason": rt.dead_letters.count_by_reason(),
+        "dead_letters_by_code": rt.dead_letters.count_by_code(),
+        "outcomes": rt.outcomes.snapshot(),
+        "rates_per_second": {
+            "last_minute": rt.outcomes.rates(60),
+            "last_5_minutes": rt.outcomes.rates(300),
+        },
+        "api": rt.flow.snapshot(),
+    }
+
+
+def live_workers(rt: Runtime, *, timeout: float = 1.0) -> list[dict[str, Any]]:
+    """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
+    now (paused by the open circuit)."""
+    control = Celery(broker=rt.settings.broker_url).control
+    inspect = control.inspect(timeout=timeout)
+    queues = inspect.active_queues() or {}
+    active = inspect.active() or {}
+    found = []
+    for name in sorted(set(queues) | set(active)):
+        serving = {q.get("name") for q in queues.get(name) or []}
+        running = [
+            t
+            for t in active.get(name) or []
+            if t.get("delivery_info", {}).get("routing_key") == rt.settings.queue
+        ]
+        if rt.settings.queue in serving or running or not serving:
+            found.append(
+                {
+                    "name": name,
+                    "active_tasks": len(running),
+                    "consuming": rt.settings.queue in serving,
+                }
+            )
+    return found

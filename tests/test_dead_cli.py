@@ -1,0 +1,238 @@
+"""`tagging-worker dead ...` as operators and scripts use it: subprocesses, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tagging_worker.event import EventLimits, validate_event
+from tagging_worker.runtime import Runtime
+from tests.conftest import queued_event_ids, queued_events, run_cli, wait_for
+
+
+def _bury(
+    runtime: Runtime,
+    event_id: str,
+    *,
+    call_id: str = "call-1",
+    version: int = 1,
+    code: str = "InvalidParameter.Tags",
+    reason: str = "permanent_error",
+    source: str = "crm",
+) -> None:
+    raw = {"call_id": call_id, "tags": ["a"], "version": version, "event_id": event_id}
+    update = validate_event(
+        {**raw, "source": source}, limits=EventLimits(), default_version=0, default_event_id=""
+    )
+    runtime.dead_letters.add(
+        record_id=event_id,
+        reason=reason,
+        detail=f"{code}: refused",
+        event=raw,
+        normalized=update.as_event(),
+        attempts=[
+            {
+                "at": time.time(),
+                "code": code,
+                "message": "refused",
+                "http_status": 400,
+                "request_id": "REQ",
+                "kind": "permanent",
+                "charged": True,
+            }
+        ],
+        first_seen=time.time(),
+        task_id=event_id,
+    )
+
+
+def _json(env: dict[str, str], *args: str) -> Any:
+    done = run_cli(env, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _ids(records: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in records]
+
+
+def test_list_filters_by_reason_code_call_source_and_time(
+    worker_env: dict[str, str], runtime: Runtime
+) -> None:
+    _bury(runtime, "e1", code="InvalidParameter.Tags", call_id="call-a")
+    _bury(runtime, "e2", code="MissingTags", call_id="call-b", source="hook")
+    _bury(runtime, "e3", reason="expired", code="Throttling.User", call_id="call-a")
+
+    def listed(*filters: str) -> list[str]:
+        return _ids(_json(worker_env, "dead", "list", "--json", *filters))
+
+    assert listed() == ["e3", "e2", "e1"]
+    assert listed("--reason", "permanent_error") == ["e2", "e1"]
+    assert listed("--code", "MissingTags") == ["e2"]
+    assert listed("--call-id", "call-a") == ["e3", "e1"]
+    assert listed("--call-id", "call-a", "--reason", "expired") == ["e3"]
+    assert listed("--source", "hook") == ["e2"]
+    assert listed("--since", "1h") == ["e3", "e2", "e1"]
+    assert listed("--until", "1h") == []
+    assert listed("--limit", "1", "--offset", "1") == ["e2"]
+    bad = run_cli(worker_env, "dead", "list", "--since", "last tuesday")
+    assert bad.returncode == 2 and "age like 30m" in bad.stderr
+
+
+def test_list_writes_json_lines_for_scripts(worker_env: dict[str, str], runtime: Runtime) -> None:
+    _bury(runtime, "e1")
+    _bury(runtime, "e2")
+    done = run_cli(worker_env, "dead", "list", "--jsonl")
+    assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == ["e2", "e1"]
+
+
+def test_show_gives_the_whole_attempt_history(worker_env: dict[str, str], runtime: Runtime) -> None:
+    _bury(runtime, "e1")
+    record = _json(worker_env, "dead", "show", "e1", "--json")
+    assert record["attempts"][0]["code"] == "InvalidParameter.Tags"
+    shown = run_cli(worker_env, "dead", "show", "e1")
+    assert "InvalidParameter.Tags" in shown.stdout and "REQ" in shown.stdout
+
+
+def test_replay_of_ids_and_of_a_filter_and_a_dry_run_that_moves_nothing(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    for n in range(4):
+        _bury(runtime, f"e{n}", call_id=f"call-{n}", code="X" if n < 2 else "Y")
+    queue = runtime.settings.queue
+
+    dry = _json(worker_env, "dead", "replay", "--all", "--code", "X", "--dry-run", "--json")
+    assert sorted(dry["would_replay"]) == ["e0", "e1"]
+    assert redis_client.llen(queue) == 0 and runtime.dead_letters.count() == 4
+
+    one = _json(worker_env, "dead", "replay", "e3", "--json")
+    assert one == {"replayed": ["e3"], "not_found": [], "forced": []}
+    some = _json(worker_env, "dead", "replay", "--all", "--code", "X", "--json")
+    assert sorted(some["replayed"]) == ["e0", "e1"]
+    assert sorted(queued_event_ids(redis_client, queue)) == ["e0", "e1", "e3"]
+    assert _ids(_json(worker_env, "dead", "list", "--json")) == ["e2"]
+
+    gone = run_cli(worker_env, "dead", "replay", "e0")
+    assert gone.returncode == 1 and "e0" in gone.stderr
+
+
+def test_force_gives_an_old_event_a_winning_version_and_says_so(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    _bury(runtime, "e1", call_id="call-f", version=3)
+    redis_client.set(runtime.keys.applied("call-f"), 5)
+
+    done = run_cli(worker_env, "dead", "replay", "e1", "--force")
+
+    assert done.returncode == 0, done.stderr
+    assert "forced e1: version 3 -> 6 (applied was 5)" in done.stdout
+    [event] = queued_events(redis_client, runtime.settings.queue)
+    assert event["version"] == 6
+
+
+def test_edit_fixes_the_event_in_the_editor_before_replaying_it(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    _bury(runtime, "e1", call_id="call-e")
+    editor = tmp_path / "editor.py"
+    editor.write_text(
+        "import json, sys\n"
+        "path = sys.argv[1]\n"
+        "event = json.load(open(path))\n"
+        "event['tags'] = ['fixed']\n"
+        "json.dump(event, open(path, 'w'))\n"
+    )
+    env = {**worker_env, "EDITOR": f"{sys.executable} {editor}"}
+
+    done = run_cli(env, "dead", "replay", "e1", "--edit")
+
+    assert done.returncode == 0, done.stderr
+    [event] = queued_events(redis_client, runtime.settings.queue)
+    assert event["tags"] == ["fixed"] and event["event_id"] == "e1"
+    assert runtime.dead_letters.count() == 0
+
+
+def test_an_edit_that_breaks_the_event_replays_nothing(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    _bury(runtime, "e1")
+    editor = tmp_path / "editor.py"
+    editor.write_text("import sys\nopen(sys.argv[1], 'w').write('{\"tags\": [1]}')\n")
+
+    done = run_cli(
+        {**worker_env, "EDITOR": f"{sys.executable} {editor}"}, "dead", "replay", "e1", "--edit"
+    )
+
+    assert done.returncode == 2 and "invalid event" in done.stderr
+    assert redis_client.llen(runtime.settings.queue) == 0 and runtime.dead_letters.count() == 1
+
+
+def test_export_then_import_moves_dead_letters_to_another_environment(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    for n in range(3):
+        _bury(runtime, f"e{n}", code="X" if n else "Y")
+    dump = tmp_path / "dead.jsonl"
+    exported = run_cli(worker_env, "dead", "export", "--code", "X", "--output", str(dump))
+    assert exported.returncode == 0 and "exported 2" in exported.stderr
+    other = {**worker_env, "TAGGING_KEY_PREFIX": f"{worker_env['TAGGING_KEY_PREFIX']}-other"}
+    try:
+        summary = _json(other, "dead", "import", str(dump), "--json")
+        assert summary == {"imported": 2, "skipped": 0, "bad_lines": []}
+        again = _json(other, "dead", "import", str(dump), "--json")
+        assert again["skipped"] == 2
+        moved = _json(other, "dead", "list", "--json")
+        assert moved == [runtime.dead_letters.get("e2"), runtime.dead_letters.get("e1")]
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text(dump.read_text() + "not json\n[1]\n")
+        bad = run_cli(other, "dead", "import", str(broken), "--replace")
+        assert bad.returncode == 2 and "line 3" in bad.stderr and "line 4" in bad.stderr
+    finally:
+        doomed = list(redis_client.scan_iter(f"{other['TAGGING_KEY_PREFIX']}*"))
+        if doomed:
+            redis_client.delete(*doomed)
+
+
+def test_purge_deletes_what_matches_and_asks_first_unless_told(
+    worker_env: dict[str, str], runtime: Runtime
+) -> None:
+    _bury(runtime, "e1", code="X")
+    _bury(runtime, "e2", code="Y")
+    refused = run_cli(worker_env, "dead", "purge", "--code", "X", stdin="n\n")
+    assert refused.returncode == 1 and runtime.dead_letters.count() == 2
+    done = run_cli(worker_env, "dead", "purge", "--code", "X", "--yes")
+    assert done.returncode == 0 and "deleted 1" in done.stdout
+    assert _ids(runtime.dead_letters.list()) == ["e2"]
+
+
+def test_a_bulk_replay_killed_half_way_leaves_each_record_replayed_or_dead_never_both(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    ids = [f"e{n:03d}" for n in range(200)]
+    for record_id in ids:
+        _bury(runtime, record_id, call_id=f"call-{record_id}")
+    queue = runtime.settings.queue
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "tagging_worker", "dead", "replay", "--all", "--rate", "50"],
+        env={**os.environ, **worker_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: redis_client.llen(queue) >= 20, what="a part of the replay done")
+    replay.send_signal(signal.SIGKILL)
+    replay.wait()
+
+    queued = queued_event_ids(redis_client, queue)
+    dead = {r["id"] for r in runtime.dead_letters.list(limit=1000)}
+    assert 20 <= len(queued) < len(ids), "killed half way"
+    assert len(queued) == len(set(queued)), "none replayed twice"
+    assert not set(queued) & dead, "none both replayed and still dead"
+    assert set(queued) | dead == set(ids), "none lost"
