@@ -51,3 +51,18 @@ if ! redis_answers; then
   for _ in $(seq 1 50); do redis_answers && break; sleep 0.1; done
   redis_answers || { echo "bootstrap: Redis did not start; see /tmp/tagging-worker-redis-$redis_port.log" >&2; exit 1; }
 fi
+
+# What the tests use besides Python and Redis (scripts/test.sh asks for it): Debian's
+# docker-compose parses the compose files without a Docker engine, Node.js runs the non-Python
+# producer, openssl makes the TLS test's certificate.
+if [ "${TAGGING_BOOTSTRAP_TEST_TOOLS:-}" = 1 ]; then
+  missing=()
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${missing[*]} (for the tests)" >&2
+    apt_install "${missing[@]}"
+  fi
+fi

@@ -1,0 +1,50 @@
+"""The files in deploy/ parse, and the alerts watch metrics the worker really exports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client import REGISTRY
+
+from tagging_worker import metrics  # noqa: F401  (registers the worker's metrics)
+from tagging_worker.monitoring import RedisCollector
+from tagging_worker.runtime import Runtime
+from tagging_worker.settings import env_example
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+
+
+def _exported(runtime: Runtime) -> set[str]:
+    """Series names, whether or not a sample exists yet (a labelled counter has none)."""
+    families = [*REGISTRY.collect(), *RedisCollector(runtime).collect()]
+    return {
+        family.name + suffix for family in families for suffix in SUFFIXES.get(family.type, ("",))
+    }
+
+
+def test_every_alert_is_valid_and_watches_metrics_the_worker_exports(runtime: Runtime) -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exported = _exported(runtime)
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert alerts
+    for rule in alerts:
+        assert {"alert", "expr", "annotations"} <= set(rule), rule
+        used = set(re.findall(r"\btagging_[a-z_]+", rule["expr"]))
+        assert used <= exported, f"{rule['alert']} watches {used - exported}, not exported"
+
+
+def test_the_scrape_config_loads_the_alert_rules() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert {job["job_name"] for job in config["scrape_configs"]} >= {"tagging-worker"}
+
+
+def test_the_env_example_lists_every_setting_with_its_default() -> None:
+    """Regenerate with: python -c 'from tagging_worker.settings import env_example;
+    print(env_example(), end="")' > deploy/tagging-worker.env.example"""
+    assert (DEPLOY / "tagging-worker.env.example").read_text() == env_example()
