@@ -117,12 +117,23 @@ class MonitoringStep(bootsteps.StartStopStep):
             return
         # Both loops turn every scheduler interval; a few missed turns is not yet trouble.
         ready_within = max(5.0, 10 * rt.settings.scheduler_interval_seconds)
-        self.server = MonitoringServer(
-            rt.settings.metrics_host,
-            rt.settings.metrics_port,
-            registry_for(rt),
-            lambda: assess(rt.heartbeats, time.monotonic(), ready_within=ready_within),
-        )
+        try:
+            self.server = MonitoringServer(
+                rt.settings.metrics_host,
+                rt.settings.metrics_port,
+                registry_for(rt),
+                lambda: assess(rt.heartbeats, time.monotonic(), ready_within=ready_within),
+            )
+        except OSError as exc:
+            # Events still flow without the endpoint; a probe that cannot connect says so.
+            log.error(
+                "cannot serve /metrics, /livez and /readyz on %s:%d (%s): "
+                "give each worker on this host its own TAGGING_METRICS_PORT",
+                rt.settings.metrics_host,
+                rt.settings.metrics_port,
+                exc,
+            )
+            return
         self.server.start()
         log.info(
             "serving /metrics, /livez and /readyz on %s:%d",

@@ -72,16 +72,15 @@ def fake_api() -> Iterator[FakeAlibabaApi]:
     api.stop()
 
 
-@pytest.fixture
-def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
-    """Settings for a worker pointed at this test's Redis keys and fake API, with short
-    retry delays and circuit cool-downs so those paths finish in a test's time, and a budget
-    no test reaches unless it sets its own."""
+def worker_env_for(broker_url: str, namespace: str, endpoint: str) -> dict[str, str]:
+    """Settings for a worker pointed at a test's Redis keys and fake API, with short
+    retry delays and circuit cool-downs so those paths finish in a test's time, a budget
+    no test reaches unless it sets its own, and no metrics port for workers to fight over."""
     return {
-        "TAGGING_BROKER_URL": REDIS_URL,
+        "TAGGING_BROKER_URL": broker_url,
         "TAGGING_QUEUE": namespace,
         "TAGGING_KEY_PREFIX": namespace,
-        "TAGGING_API_ENDPOINT": fake_api.endpoint,
+        "TAGGING_API_ENDPOINT": endpoint,
         "TAGGING_API_PROTOCOL": "http",
         "TAGGING_API_READ_TIMEOUT_MS": "2000",
         "TAGGING_RETRY_BASE_SECONDS": "0.05",
@@ -97,6 +96,11 @@ def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
         "ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
         "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
     }
+
+
+@pytest.fixture
+def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
+    return worker_env_for(REDIS_URL, namespace, fake_api.endpoint)
 
 
 @pytest.fixture

@@ -27,7 +27,14 @@ from tagging_worker.outcomes import FATES
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
-from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, OwnRedis, WorkerProcess, wait_for
+from tests.conftest import (
+    ACCESS_KEY_ID,
+    ACCESS_KEY_SECRET,
+    OwnRedis,
+    WorkerProcess,
+    wait_for,
+    worker_env_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,21 +64,11 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
     api.add_fault("throttle", probability=0.03, retry_after_ms=100)
     api.add_fault("latency", probability=0.05, latency_ms=50)
     env = {
-        "TAGGING_BROKER_URL": own_redis.url,
-        "TAGGING_QUEUE": "chaos",
-        "TAGGING_KEY_PREFIX": "chaos",
-        "TAGGING_API_ENDPOINT": api.endpoint,
-        "TAGGING_API_PROTOCOL": "http",
-        "TAGGING_API_READ_TIMEOUT_MS": "2000",
-        "TAGGING_RETRY_BASE_SECONDS": "0.05",
+        **worker_env_for(own_redis.url, "chaos", api.endpoint),
         "TAGGING_RETRY_CAP_SECONDS": "0.5",
         "TAGGING_RETRY_MAX_ATTEMPTS": "40",
         "TAGGING_VISIBILITY_TIMEOUT_SECONDS": "5",
-        "TAGGING_SCHEDULER_INTERVAL_SECONDS": "0.05",
         "TAGGING_RECOVER_AFTER_SECONDS": "2",
-        "ACCESS_KEY_ID": ACCESS_KEY_ID,
-        "ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
-        "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

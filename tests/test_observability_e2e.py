@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -120,6 +121,25 @@ def test_readiness_fails_while_redis_is_unreachable_and_liveness_does_not(
 
     own_redis.start()
     wait_for(lambda: _get(f"{base}/readyz")[0] == 200, timeout=60, what="ready again")
+
+
+def test_a_worker_whose_metrics_port_is_taken_still_applies_events_and_says_why(
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        worker = start_worker(TAGGING_METRICS_PORT=str(port), TAGGING_METRICS_HOST="127.0.0.1")
+        Publisher.from_settings(runtime.settings).publish({"call_id": "call-p", "tags": ["a"]})
+        wait_for(settled(runtime, 1), what="the event settled")
+
+    assert runtime.outcomes.snapshot()["applied"] == 1
+    refusals = [r for r in worker.records() if "TAGGING_METRICS_PORT" in r["message"]]
+    assert len(refusals) == 1 and refusals[0]["level"] == "error", refusals
+    assert worker.proc.poll() is None
 
 
 class SentryRecorder:
