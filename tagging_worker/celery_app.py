@@ -10,6 +10,7 @@ from celery import Celery, bootsteps, signals
 from kombu import Queue
 
 from tagging_worker import logs, sentry
+from tagging_worker.broker_teardown import install_teardown_guard
 from tagging_worker.monitoring import prepare_multiprocess_dir
 from tagging_worker.poison import install_tolerant_transport
 from tagging_worker.retry_schedule import Housekeeper
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> Celery:
     # Connected, this tells Celery to leave logging to us: one format for every record.
     signals.setup_logging.connect(configure_logging, weak=False)
     install_tolerant_transport()
+    install_teardown_guard()
     app = Celery("tagging_worker", broker=settings.broker_url, set_as_current=True)
     app.conf.update(
         task_serializer="json",
