@@ -1,0 +1,115 @@
+"""What every benchmark here needs: its own Redis keys, real worker processes, a way to wait.
+
+Benchmarks use the Redis at TAGGING_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0), under a
+key prefix and queue of their own, and delete only those keys when they finish.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tagging_worker.outcomes import FATES
+from tagging_worker.runtime import Runtime
+from tagging_worker.settings import load_settings
+
+REDIS_URL = os.environ.get("TAGGING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+KEY_ID, SECRET = "bench-access-key-id", "bench-access-key-secret"
+os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+
+
+@contextmanager
+def namespace(**settings: Any) -> Iterator[tuple[str, Runtime]]:
+    """A fresh key prefix (also the queue name) and the runtime that reads it; its keys go
+    when the block ends."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    rt = Runtime(load_settings(broker_url=REDIS_URL, key_prefix=prefix, queue=prefix, **settings))
+    try:
+        yield prefix, rt
+    finally:
+        doomed = [*rt.redis.scan_iter(f"{prefix}*", count=1000)]
+        doomed += [*rt.redis.scan_iter(f"_kombu.binding*.{prefix}", count=1000)]
+        if doomed:
+            rt.redis.delete(*doomed)
+
+
+def worker_env(prefix: str, endpoint: str, **settings: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TAGGING_BROKER_URL": REDIS_URL,
+        "TAGGING_KEY_PREFIX": prefix,
+        "TAGGING_QUEUE": prefix,
+        "TAGGING_API_ENDPOINT": endpoint,
+        "TAGGING_API_PROTOCOL": "http",
+        "ACCESS_KEY_ID": KEY_ID,
+        "ACCESS_KEY_SECRET": SECRET,
+        "TAGGING_METRICS_PORT": "0",
+        "TAGGING_LOG_LEVEL": "WARNING",
+        **settings,
+    }
+
+
+def start_worker(env: dict[str, str], pool: str, concurrency: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "tagging_worker", "worker"),
+            *(f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=WARNING"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+
+
+def settled(rt: Runtime) -> int:
+    counts = rt.outcomes.snapshot()
+    return sum(counts[f.value] for f in FATES)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait(predicate: Callable[[], object], timeout: float = 15.0, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark timed out waiting")
+        time.sleep(poll)
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python", *sys.argv])
