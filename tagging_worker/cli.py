@@ -20,7 +20,6 @@ from rich.table import Table
 from tagging_worker.cli_dead import dead
 from tagging_worker.cli_support import (
     JsonFlag,
-    app_or_exit,
     err,
     out,
     runtime_or_exit,
@@ -28,6 +27,7 @@ from tagging_worker.cli_support import (
 )
 from tagging_worker.event import InvalidEvent
 from tagging_worker.publish import Publisher
+from tagging_worker.settings import Pool
 
 cli = typer.Typer(
     help="Apply tag-update events to Alibaba Cloud UpdateOutboundCallTags.",
@@ -51,24 +51,30 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Default: TAGGING_WORKER_CONCURRENCY.")
     ] = None,
-    pool: Annotated[str | None, typer.Option(help="Default: TAGGING_WORKER_POOL.")] = None,
+    pool: Annotated[Pool | None, typer.Option(help="Default: TAGGING_WORKER_POOL.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Default: TAGGING_LOG_LEVEL.")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
 ) -> None:
     """Run a Celery worker on the tagging queue."""
+    from tagging_worker.celery_app import create_app
+
     settings = settings_or_exit()
+    chosen = {"worker_pool": pool, "worker_concurrency": concurrency}
+    # Celery takes `--pool=prefork` for its default and lets the configured pool win, so
+    # the choice goes into the settings the app is configured from, not only into argv.
+    settings = settings.model_copy(update={k: v for k, v in chosen.items() if v is not None})
     argv = [
         "worker",
         f"--queues={settings.queue}",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--pool={pool or settings.worker_pool.value}",
+        f"--concurrency={settings.worker_concurrency}",
+        f"--pool={settings.worker_pool.value}",
         f"--loglevel={loglevel or settings.log_level}",
         "--without-gossip",
         "--without-mingle",
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app_or_exit().worker_main(argv)
+    create_app(settings).worker_main(argv)
 
 
 @cli.command()

@@ -151,6 +151,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def children(self) -> list[int]:
+        """The worker's child processes (its prefork pool), from /proc."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid:
+                found.append(int(stat.parent.name))
+        return found
+
     def records(self) -> list[dict[str, Any]]:
         """The worker's JSON log records (lines that are not JSON, like Celery's banner, are
         skipped)."""

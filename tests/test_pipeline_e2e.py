@@ -184,17 +184,25 @@ def test_a_message_sent_by_celery_itself_is_applied(
     assert fake_api.tags_of("call-c") == ["from-celery"]
 
 
-def test_prefork_pool_applies_events_and_retries(
-    runtime: Runtime, fake_api: FakeAlibabaApi, start_worker: Callable[..., WorkerProcess]
+@pytest.mark.parametrize("pool, children", [("prefork", 2), ("threads", 0)])
+def test_the_pool_named_on_the_command_line_runs_and_applies_events_and_retries(
+    pool: str,
+    children: int,
+    runtime: Runtime,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """Celery lets a configured pool override `--pool=prefork` (it cannot tell it from its
+    default); the worker command must run the pool it was given."""
     fake_api.add_fault("throttle", call_id="call-0", times=1)
     _publisher(runtime).publish_many(
         [{"call_id": f"call-{n}", "tags": [f"t{n}"], "version": 1} for n in range(20)]
     )
-    start_worker(pool="prefork", concurrency=2)
+    worker = start_worker(pool=pool, concurrency=2, TAGGING_WORKER_POOL="threads")
 
     wait_for(_settled(runtime, 20), what="twenty events applied")
     assert fake_api.all_tags() == {f"call-{n}": [f"t{n}"] for n in range(20)}
+    assert len(worker.children()) == children
 
 
 def test_a_burst_of_updates_to_one_call_ends_in_a_handful_of_calls_and_the_newest_tags(
