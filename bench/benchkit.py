@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,11 +27,31 @@ os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
 
 
 @contextmanager
-def namespace(**settings: Any) -> Iterator[tuple[str, Runtime]]:
+def own_redis(*options: str) -> Iterator[str]:
+    """A Redis server of the benchmark's own (nothing kept on disk), for measuring its memory
+    or turning on options a shared server should not get; yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tagging-bench-redis-") as directory:
+        proc = subprocess.Popen(
+            [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(port)),
+                *("--save", "", "--appendonly", "no", "--dir", directory, *options),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            wait(lambda: connects(port))
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop([proc])
+
+
+@contextmanager
+def namespace(redis_url: str = REDIS_URL, **settings: Any) -> Iterator[tuple[str, Runtime]]:
     """A fresh key prefix (also the queue name) and the runtime that reads it; its keys go
     when the block ends."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    rt = Runtime(load_settings(broker_url=REDIS_URL, key_prefix=prefix, queue=prefix, **settings))
+    rt = Runtime(load_settings(broker_url=redis_url, key_prefix=prefix, queue=prefix, **settings))
     try:
         yield prefix, rt
     finally:
@@ -40,10 +61,12 @@ def namespace(**settings: Any) -> Iterator[tuple[str, Runtime]]:
             rt.redis.delete(*doomed)
 
 
-def worker_env(prefix: str, endpoint: str, **settings: str) -> dict[str, str]:
+def worker_env(
+    prefix: str, endpoint: str, redis_url: str = REDIS_URL, **settings: str
+) -> dict[str, str]:
     return {
         **os.environ,
-        "TAGGING_BROKER_URL": REDIS_URL,
+        "TAGGING_BROKER_URL": redis_url,
         "TAGGING_KEY_PREFIX": prefix,
         "TAGGING_QUEUE": prefix,
         "TAGGING_API_ENDPOINT": endpoint,

@@ -1,0 +1,110 @@
+"""Worker and Redis memory with a large backlog: 100,000 events queued, 10,000 delayed retries.
+
+    .venv/bin/python bench/memory.py [--pool threads] [--concurrency 32] [--queued 100000]
+        [--retries 10000]
+
+On a Redis server of the benchmark's own (so its memory is this benchmark's alone): one worker
+starts against a fake API that holds every request (a stall), so the worker takes only what
+its slots can hold and the rest of the backlog stays in Redis. The worker's RSS (main process)
+and PSS (with its prefork children, shared pages counted once) are read idle, then with the
+backlog waiting; Redis used_memory before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchkit import (
+    KEY_ID,
+    SECRET,
+    command_line,
+    namespace,
+    own_redis,
+    rss_mib,
+    start_worker,
+    stop,
+    worker_env,
+)
+
+from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.messages import build_task_message
+from tagging_worker.publish import Publisher
+
+
+def tree_pss_mib(pid: int) -> float:
+    """Proportional set size of the worker and its pool children: pages shared between them
+    (prefork children share the parent's) are split between the sharers, not counted again."""
+    children = [
+        int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _ppid(stat) == pid
+    ]
+    return sum(_pss_mib(p) for p in (pid, *children))
+
+
+def _pss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss for process {pid}")
+
+
+def _ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pool", default="threads")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--retries", type=int, default=10_000)
+    args = parser.parse_args()
+    api = FakeAlibabaApi(credentials={KEY_ID: SECRET}).start()
+    api.add_fault("stall")
+    with own_redis() as redis_url, namespace(redis_url) as (prefix, rt):
+        redis_before = rt.redis.info("memory")["used_memory"] / 2**20
+        worker = start_worker(
+            worker_env(prefix, api.endpoint, redis_url, TAGGING_API_READ_TIMEOUT_MS="600000"),
+            args.pool,
+            args.concurrency,
+        )
+        try:
+            time.sleep(5)
+            idle = rss_mib(worker.pid), tree_pss_mib(worker.pid)
+            publisher = Publisher.from_settings(rt.settings)
+            publisher.publish_many(
+                {"call_id": f"call-{n}", "tags": ["有意向", "需跟进"], "version": 1}
+                for n in range(args.queued)
+            )
+            for n in range(args.retries):
+                message = build_task_message(
+                    {"call_id": f"retry-{n}", "tags": ["有意向"], "version": 1}, queue=prefix
+                )
+                rt.retries.schedule(message, delay=3600)
+            time.sleep(10)  # the worker has filled its slots and looked at the schedule
+            loaded = rss_mib(worker.pid), tree_pss_mib(worker.pid)
+            queued = rt.redis.llen(prefix)
+            waiting = rt.retries.pending()
+            redis_after = rt.redis.info("memory")["used_memory"] / 2**20
+        finally:
+            api.release_stalls()
+            api.clear_faults()
+            stop([worker])
+            api.stop()
+
+    print(f"\n`{command_line()}`\n")
+    print(f"one {args.pool} worker x {args.concurrency}, every API request held (a stall)\n")
+    print("| measure | idle | with the backlog | target |")
+    print("|---|---|---|---|")
+    print(f"| worker RSS, main process | {idle[0]:.0f} MiB | {loaded[0]:.0f} MiB | ≤ 200 MB |")
+    print(f"| worker PSS, with pool children | {idle[1]:.0f} MiB | {loaded[1]:.0f} MiB | |")
+    print(f"| Redis used_memory | {redis_before:.1f} MiB | {redis_after:.1f} MiB | |")
+    print(f"| events queued / delayed retries | | {queued:,} / {waiting:,} | |")
+
+
+if __name__ == "__main__":
+    main()
