@@ -28,29 +28,9 @@ from benchkit import (
     wait,
     worker_env,
 )
-from throughput import FakeApi
+from throughput import FakeApi, worker
 
 from tagging_worker.publish import Publisher
-
-
-def max_rate(redis_url: str, endpoint: str, pool: str, concurrency: int) -> float:
-    with namespace(redis_url) as (prefix, rt):
-        n = 4000
-        Publisher.from_settings(rt.settings).publish_many(
-            [{"call_id": f"max-{i}", "tags": ["有意向"], "version": 1} for i in range(n)]
-        )
-        worker = start_worker(
-            worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000"),
-            pool,
-            concurrency,
-        )
-        try:
-            wait(lambda: settled(rt) > 200, timeout=60)
-            first, count_then = time.monotonic(), settled(rt)
-            wait(lambda: settled(rt) >= n, timeout=600)
-            return (n - count_then) / (time.monotonic() - first)
-        finally:
-            stop([worker])
 
 
 def at_load(
@@ -71,7 +51,7 @@ def at_load(
                     finished.setdefault(key[len(fate_prefix) :], time.monotonic())
 
         threading.Thread(target=listen, daemon=True).start()
-        worker = start_worker(
+        proc = start_worker(
             worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000"),
             pool,
             concurrency,
@@ -88,7 +68,7 @@ def at_load(
                 published[event_id] = time.monotonic()
             wait(lambda: all(e in finished for e in published), timeout=300, poll=0.1)
         finally:
-            stop([worker])
+            stop([proc])
             pubsub.close()
         return [finished[e] - at for e, at in published.items()]
 
@@ -105,7 +85,7 @@ def main() -> None:
     rows = []
     try:
         with own_redis("--notify-keyspace-events", "K$") as redis_url:
-            ceiling = max_rate(redis_url, fake.endpoint, args.pool, args.concurrency)
+            ceiling = worker(fake.endpoint, args.pool, args.concurrency, 4000, redis_url)
             print(f"maximum: {ceiling:,.0f} events/s", flush=True)
             for load in args.loads:
                 seconds = at_load(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from benchkit import (
     KEY_ID,
+    REDIS_URL,
     SECRET,
     command_line,
     connects,
@@ -99,18 +100,21 @@ def bare(endpoint: str, concurrency: int, seconds: float) -> float:
     return sum(done) / (time.monotonic() - started)
 
 
-def worker(endpoint: str, pool: str, concurrency: int, events: int) -> float:
-    with namespace() as (prefix, rt):
+def worker(
+    endpoint: str, pool: str, concurrency: int, events: int, redis_url: str = REDIS_URL
+) -> float:
+    """Events/s of one worker draining `events` published beforehand, from its first fate
+    to the last (so start-up is not counted)."""
+    with namespace(redis_url) as (prefix, rt):
         Publisher.from_settings(rt.settings).publish_many(
             [
                 {"call_id": f"call-{prefix}-{n}", "tags": ["有意向"], "version": 1}
                 for n in range(events)
             ]
         )
-        env = worker_env(prefix, endpoint, TAGGING_API_RATE_LIMIT="100000")
+        env = worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000")
         proc = start_worker(env, pool, concurrency)
         try:
-            # Timed from the first fate to the last, so worker start-up is not counted.
             wait(lambda: settled(rt) > 0, timeout=60)
             first, count_then = time.monotonic(), settled(rt)
             wait(lambda: settled(rt) >= events, timeout=600)
