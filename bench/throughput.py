@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/throughput.py [--concurrency 8 32] [--pools threads prefork]
                                          [--latency-ms 50] [--seconds 8] [--rounds 2]
+                                         [--processes 1]
 
 Both sides call the same fake API (its own process, answering after `--latency-ms`). The bare
 side is `--concurrency` threads calling `TagsApi.update_tags` in a loop; the worker side is one
 `tagging-worker worker` with that pool and concurrency, draining events published beforehand
-(one per call, so nothing coalesces), with every guarantee on. The two alternate, `--rounds`
-times, and the table gives the mean of each and their ratio.
+(one per call, so nothing coalesces), with every guarantee on; with `--processes P`, P such
+workers share the concurrency (one per core, as a host runs them). The two sides alternate,
+`--rounds` times, and the table gives the mean of each and their ratio.
 """
 
 from __future__ import annotations
@@ -101,10 +103,15 @@ def bare(endpoint: str, concurrency: int, seconds: float) -> float:
 
 
 def worker(
-    endpoint: str, pool: str, concurrency: int, events: int, redis_url: str = REDIS_URL
+    endpoint: str,
+    pool: str,
+    concurrency: int,
+    events: int,
+    redis_url: str = REDIS_URL,
+    processes: int = 1,
 ) -> float:
-    """Events/s of one worker draining `events` published beforehand, from its first fate
-    to the last (so start-up is not counted)."""
+    """Events/s of `processes` workers sharing `concurrency` slots, draining `events`
+    published beforehand, from the first fate to the last (so start-up is not counted)."""
     with namespace(redis_url) as (prefix, rt):
         Publisher.from_settings(rt.settings).publish_many(
             [
@@ -113,14 +120,14 @@ def worker(
             ]
         )
         env = worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000")
-        proc = start_worker(env, pool, concurrency)
+        procs = [start_worker(env, pool, concurrency // processes) for _ in range(processes)]
         try:
             wait(lambda: settled(rt) > 0, timeout=60)
             first, count_then = time.monotonic(), settled(rt)
             wait(lambda: settled(rt) >= events, timeout=600)
             return (events - count_then) / (time.monotonic() - first)
         finally:
-            stop([proc])
+            stop(procs)
 
 
 def main() -> None:
@@ -130,6 +137,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="worker processes sharing the concurrency"
+    )
     args = parser.parse_args()
     fake = FakeApi.start(args.latency_ms)
     rows = []
@@ -140,13 +150,24 @@ def main() -> None:
                 for _ in range(args.rounds):
                     bare_rates.append(bare(fake.endpoint, concurrency, args.seconds))
                     events = int(bare_rates[-1] * args.seconds)
-                    worker_rates.append(worker(fake.endpoint, pool, concurrency, events))
+                    worker_rates.append(
+                        worker(
+                            fake.endpoint,
+                            pool,
+                            concurrency,
+                            events,
+                            processes=args.processes,
+                        )
+                    )
                 b, w = statistics.mean(bare_rates), statistics.mean(worker_rates)
                 rows.append((pool, concurrency, b, w))
                 print(f"{pool} x{concurrency}: bare {b:,.0f}/s, worker {w:,.0f}/s", flush=True)
     finally:
         fake.stop()
-    print(f"\n`{command_line()}` (fake API latency {args.latency_ms:g} ms)\n")
+    print(
+        f"\n`{command_line()}` (fake API latency {args.latency_ms:g} ms; "
+        f"{args.processes} worker process(es) sharing the concurrency)\n"
+    )
     print("| pool | concurrency | bare SDK calls/s | worker events/s | ratio |")
     print("|---|---|---|---|---|")
     for pool, concurrency, b, w in rows:
