@@ -220,11 +220,15 @@ def fake_api(
 @cli.command()
 def demo(
     events: Annotated[int, typer.Option(min=1, max=10_000, help="Sample events.")] = 6,
+    namespace: Annotated[
+        str,
+        typer.Option(help="Key prefix and queue of the demo's keys, removed when it starts."),
+    ] = "tagging-demo",
 ) -> None:
     """Run the whole pipeline locally: Redis, the fake API, a worker, sample events."""
     from tagging_worker.demo import run_demo
 
-    raise SystemExit(run_demo(out, sample_count=events))
+    raise SystemExit(run_demo(out, sample_count=events, namespace=namespace))
 
 
 @cli.command()

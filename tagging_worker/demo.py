@@ -33,13 +33,13 @@ SAMPLE_TAGS = [["有意向"], ["有意向", "需跟进"], ["无人接听"], [], 
 THROTTLED, BROKEN = "call-demo-0002", "call-demo-0005"
 
 
-def run_demo(out: Console, *, sample_count: int) -> int:
+def run_demo(out: Console, *, sample_count: int, namespace: str = NAMESPACE) -> int:
     broker = os.environ.get("TAGGING_BROKER_URL", "redis://127.0.0.1:6379/0")
     if not _ensure_redis(broker, out):
         return 1
     with FakeAlibabaApi(credentials={DEMO_KEY_ID: DEMO_KEY_SECRET}) as api:
-        env = _worker_env(broker, api.endpoint)
-        rt = Runtime(load_settings(broker_url=broker, queue=NAMESPACE, key_prefix=NAMESPACE))
+        env = _worker_env(broker, api.endpoint, namespace)
+        rt = Runtime(load_settings(broker_url=broker, queue=namespace, key_prefix=namespace))
         _forget_previous_run(rt)
         out.rule("tagging-worker demo")
         out.print(f"fake Alibaba Cloud API on http://{api.endpoint}; Redis at {broker}")
@@ -132,16 +132,17 @@ def _wait(rt: Runtime, done: Callable[[dict[str, int]], bool], timeout: float = 
     return False
 
 
-def _worker_env(broker: str, endpoint: str) -> dict[str, str]:
+def _worker_env(broker: str, endpoint: str, namespace: str) -> dict[str, str]:
     return {
         "TAGGING_BROKER_URL": broker,
-        "TAGGING_QUEUE": NAMESPACE,
-        "TAGGING_KEY_PREFIX": NAMESPACE,
+        "TAGGING_QUEUE": namespace,
+        "TAGGING_KEY_PREFIX": namespace,
         "TAGGING_API_ENDPOINT": endpoint,
         "TAGGING_API_PROTOCOL": "http",
         "TAGGING_RETRY_BASE_SECONDS": "0.2",
         "TAGGING_RETRY_CAP_SECONDS": "1",
         "TAGGING_SCHEDULER_INTERVAL_SECONDS": "0.1",
+        "TAGGING_METRICS_PORT": "0",  # a story on this machine, not a service to scrape
         "ACCESS_KEY_ID": DEMO_KEY_ID,
         "ACCESS_KEY_SECRET": DEMO_KEY_SECRET,
         "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
@@ -160,7 +161,7 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
 
 def _forget_previous_run(rt: Runtime) -> None:
     """Only the demo's own keys: its prefix and its queue."""
-    doomed = [*rt.redis.scan_iter(f"{NAMESPACE}*", count=1000)]
+    doomed = [*rt.redis.scan_iter(f"{rt.settings.key_prefix}*", count=1000)]
     if doomed:
         rt.redis.delete(*doomed)
 

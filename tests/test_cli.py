@@ -170,12 +170,12 @@ def test_doctor_says_in_plain_words_what_is_wrong(worker_env: dict[str, str]) ->
 
 
 @pytest.mark.e2e
-def test_demo_shows_events_applied_and_a_dead_letter_replayed() -> None:
+def test_demo_shows_events_applied_and_a_dead_letter_replayed(namespace: str) -> None:
     env = {
         "COLUMNS": "200",
         "TAGGING_BROKER_URL": os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
-    result = run_cli(env, "demo")
+    result = run_cli(env, "demo", "--namespace", namespace)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dead letter" in result.stdout and "permanent_error" in result.stdout
