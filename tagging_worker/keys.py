@@ -1,7 +1,9 @@
 """Every Redis key the worker owns, built in one place under one prefix.
 
-Tests and several deployments can share one Redis because nothing is written outside
-the prefix (and the queue, which Celery names).
+Tests and several deployments can share one Redis because nothing of ours is written outside
+the prefix. Besides it: the queue (a list named after it), and kombu's own bookkeeping:
+`_kombu.binding.<queue>`, and the `unacked`, `unacked_index` and `unacked_mutex` keys its
+Redis transport shares between every queue of the database.
 """
 
 from __future__ import annotations
