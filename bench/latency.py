@@ -1,7 +1,7 @@
 """Publish-to-applied latency at a steady load, minus the fake API's own latency.
 
     .venv/bin/python bench/latency.py [--pool threads] [--concurrency 32] [--latency-ms 50]
-        [--loads 0.25 0.5 0.9] [--seconds 15]
+        [--loads 0.25 0.5 0.9] [--seconds 15] [--calibrate 4000]
 
 First one worker drains a backlog to find its maximum rate here; then, for each load, events
 are published one at a time at that share of the maximum, for `--seconds`, and each event's
@@ -80,12 +80,15 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.25, 0.5, 0.9])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--calibrate", type=int, default=4000, help="events drained to find the maximum"
+    )
     args = parser.parse_args()
     fake = FakeApi.start(args.latency_ms)
     rows = []
     try:
         with own_redis("--notify-keyspace-events", "K$") as redis_url:
-            ceiling = worker(fake.endpoint, args.pool, args.concurrency, 4000, redis_url)
+            ceiling = worker(fake.endpoint, args.pool, args.concurrency, args.calibrate, redis_url)
             print(f"maximum: {ceiling:,.0f} events/s", flush=True)
             for load in args.loads:
                 seconds = at_load(

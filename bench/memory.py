@@ -1,7 +1,7 @@
 """Worker and Redis memory with a large backlog: 100,000 events queued, 10,000 delayed retries.
 
     .venv/bin/python bench/memory.py [--pool threads] [--concurrency 32] [--queued 100000]
-        [--retries 10000]
+        [--retries 10000] [--settle 10]
 
 On a Redis server of the benchmark's own (so its memory is this benchmark's alone): one worker
 starts against a fake API that holds every request (a stall), so the worker takes only what
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--retries", type=int, default=10_000)
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds before each memory reading"
+    )
     args = parser.parse_args()
     api = FakeAlibabaApi(credentials={KEY_ID: SECRET}).start()
     api.add_fault("stall")
@@ -73,7 +76,7 @@ def main() -> None:
             args.concurrency,
         )
         try:
-            time.sleep(5)
+            time.sleep(args.settle)
             idle = rss_mib(worker.pid), tree_pss_mib(worker.pid)
             publisher = Publisher.from_settings(rt.settings)
             publisher.publish_many(
@@ -85,7 +88,7 @@ def main() -> None:
                     {"call_id": f"retry-{n}", "tags": ["有意向"], "version": 1}, queue=prefix
                 )
                 rt.retries.schedule(message, delay=3600)
-            time.sleep(10)  # the worker has filled its slots and looked at the schedule
+            time.sleep(args.settle)  # the worker has filled its slots, seen the schedule
             loaded = rss_mib(worker.pid), tree_pss_mib(worker.pid)
             queued = rt.redis.llen(prefix)
             waiting = rt.retries.pending()

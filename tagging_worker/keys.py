@@ -2,8 +2,8 @@
 
 Tests and several deployments can share one Redis because nothing of ours is written outside
 the prefix. Besides it: the queue (a list named after it), and kombu's own bookkeeping:
-`_kombu.binding.<queue>`, and the `unacked`, `unacked_index` and `unacked_mutex` keys its
-Redis transport shares between every queue of the database.
+`_kombu.binding*` keys for its exchanges, and the `unacked`, `unacked_index` and
+`unacked_mutex` keys its Redis transport shares between every queue of the database.
 """
 
 from __future__ import annotations
