@@ -22,7 +22,7 @@ _restore_unacked = kombu_redis.QoS.restore_unacked
 
 
 def _guarded_restore_unacked(self: Any, client: Any = None) -> Any:
-    if client is None and self.channel.connection.client is None:
+    if client is None and getattr(self.channel.connection, "client", None) is None:
         log.warning(
             "broker connection torn down: %d unacked message(s) left in Redis for the "
             "visibility-timeout restore",
