@@ -127,7 +127,12 @@ class WorkerProcess:
                 f"--concurrency={concurrency}",
                 "--loglevel=INFO",
             ],
-            env={**os.environ, **env},
+            # Its metrics files go with its log: a SIGKILLed worker cannot remove them.
+            env={
+                **os.environ,
+                "PROMETHEUS_MULTIPROC_DIR": str(log_path.with_suffix(".metrics")),
+                **env,
+            },
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
