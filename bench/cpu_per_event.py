@@ -20,6 +20,7 @@ from pathlib import Path
 from benchkit import (
     KEY_ID,
     SECRET,
+    children,
     command_line,
     namespace,
     settled,
@@ -39,17 +40,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:

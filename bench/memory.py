@@ -19,6 +19,7 @@ from pathlib import Path
 from benchkit import (
     KEY_ID,
     SECRET,
+    children,
     command_line,
     namespace,
     own_redis,
@@ -36,10 +37,7 @@ from tagging_worker.publish import Publisher
 def tree_pss_mib(pid: int) -> float:
     """Proportional set size of the worker and its pool children: pages shared between them
     (prefork children share the parent's) are split between the sharers, not counted again."""
-    children = [
-        int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _ppid(stat) == pid
-    ]
-    return sum(_pss_mib(p) for p in (pid, *children))
+    return sum(_pss_mib(p) for p in (pid, *children(pid)))
 
 
 def _pss_mib(pid: int) -> float:
@@ -47,13 +45,6 @@ def _pss_mib(pid: int) -> float:
         if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no Pss for process {pid}")
-
-
-def _ppid(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def main() -> None:
