@@ -148,6 +148,24 @@ class MonitoringStep(bootsteps.StartStopStep):
             self.server = None
 
 
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """For every connection to the broker: the worker's, and `status` asking the workers."""
+    return {
+        **(
+            {"master_name": settings.redis_sentinel_master}
+            if settings.redis_sentinel_master
+            else {}
+        ),
+        # How soon a dead worker's messages come back. Longer than any task runs (API
+        # timeouts bound each call); should it ever run out early, the per-call lease and
+        # the event's fate keep the second delivery harmless.
+        # kombu looks for such messages only every ~100 s by default; look every few seconds.
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_app(settings: Settings) -> Celery:
     prepare_multiprocess_dir()
     sentry.init(settings)
@@ -173,20 +191,7 @@ def create_app(settings: Settings) -> Celery:
         # One message in hand per worker slot: an acked-late message waiting in a local
         # buffer is one a crash would delay, and prefetching helps nothing for I/O-bound work.
         worker_prefetch_multiplier=1,
-        # How soon a dead worker's messages come back. Longer than any task runs (API
-        # timeouts bound each call); should it ever run out early, the per-call lease and
-        # the event's fate keep the second delivery harmless.
-        # kombu looks for such messages only every ~100 s by default; look every few seconds.
-        broker_transport_options={
-            **(
-                {"master_name": settings.redis_sentinel_master}
-                if settings.redis_sentinel_master
-                else {}
-            ),
-            "visibility_timeout": settings.visibility_timeout_seconds,
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
-            "unacked_restore_throttle": 1,
-        },
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_consumer="tagging_worker.poison:PoisonAwareConsumer",

@@ -32,7 +32,12 @@ def gather(rt: Runtime) -> dict[str, Any]:
 def live_workers(rt: Runtime, *, timeout: float = 1.0) -> list[dict[str, Any]]:
     """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
     now (paused by the open circuit)."""
-    control = Celery(broker=rt.settings.broker_url).control
+    from tagging_worker.celery_app import broker_transport_options
+
+    control = Celery(
+        broker=rt.settings.broker_url,
+        broker_transport_options=broker_transport_options(rt.settings),
+    ).control
     inspect = control.inspect(timeout=timeout)
     queues = inspect.active_queues() or {}
     active = inspect.active() or {}

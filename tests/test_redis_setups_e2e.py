@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.publish import Publisher
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
-from tests.conftest import OwnRedis, WorkerProcess, free_port, settled, wait_for
+from tests.conftest import OwnRedis, WorkerProcess, free_port, run_cli, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -78,19 +79,23 @@ def sentinel(own_redis: OwnRedis, tmp_path: Path) -> Iterator[str]:
     proc.wait(15)
 
 
-def test_the_worker_finds_its_redis_through_sentinel(
+def test_the_worker_finds_its_redis_through_sentinel_and_status_finds_the_worker(
     sentinel: str,
     worker_env: dict[str, str],
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    _publish_and_settle(
-        worker_env,
-        fake_api,
-        start_worker,
-        TAGGING_BROKER_URL=sentinel,
-        TAGGING_REDIS_SENTINEL_MASTER="tw-master",
-    )
+    through_sentinel = {
+        "TAGGING_BROKER_URL": sentinel,
+        "TAGGING_REDIS_SENTINEL_MASTER": "tw-master",
+    }
+    _publish_and_settle(worker_env, fake_api, start_worker, **through_sentinel)
+
+    shown = run_cli({**worker_env, **through_sentinel}, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert found["outcomes"]["applied"] == 1
+    assert [w["consuming"] for w in found["workers"]] == [True]
 
 
 @pytest.fixture
