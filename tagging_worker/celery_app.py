@@ -86,18 +86,17 @@ class ConsumptionGate(bootsteps.StartStopStep):
     def _check(self, c: Any, rt: Any) -> None:
         queue = rt.settings.queue
         rt.heartbeats.consumer_at = time.monotonic()
+        if c.task_consumer is not None:
+            blocked = rt.api_blocked.is_set()
+            if blocked and not self._paused:
+                self._paused = True
+                c.cancel_task_queue(queue)
+                log.warning("circuit open: stopped taking messages from %s", queue)
+            elif not blocked and self._paused:
+                self._paused = False
+                c.add_task_queue(queue)
+                log.warning("circuit no longer blocks calls: taking messages from %s again", queue)
         rt.heartbeats.paused = self._paused
-        if c.task_consumer is None:
-            return
-        blocked = rt.api_blocked.is_set()
-        if blocked and not self._paused:
-            self._paused = True
-            c.cancel_task_queue(queue)
-            log.warning("circuit open: stopped taking messages from %s", queue)
-        elif not blocked and self._paused:
-            self._paused = False
-            c.add_task_queue(queue)
-            log.warning("circuit no longer blocks calls: taking messages from %s again", queue)
 
 
 class MonitoringStep(bootsteps.StartStopStep):

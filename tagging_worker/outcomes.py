@@ -63,9 +63,12 @@ class OutcomeCounters:
             )
         )
 
-    def rates(self, window: float, now: float | None = None) -> dict[str, float]:
+    def rates(
+        self, window: float, now: float | None = None, current: dict[str, int] | None = None
+    ) -> dict[str, float]:
         """Per second over about the last `window` seconds: from the oldest sample inside it
-        to the counters now. Empty until a sample that old exists."""
+        to the counters now (`current`, when the caller has just read them). Empty until a
+        sample that old exists."""
         now = now if now is not None else time.time()
         oldest = self._redis.zrangebyscore(
             self._history, (now - window) * 1000, "+inf", start=0, num=1
@@ -77,7 +80,7 @@ class OutcomeCounters:
         if elapsed <= 0:
             return {}
         then = json.loads(counts) if counts != "{}" else {}
-        current = self.snapshot()
+        current = current if current is not None else self.snapshot()
         return {k: round((current[k] - then.get(k, 0)) / elapsed, 2) for k in current}
 
     def snapshot(self) -> dict[str, int]:

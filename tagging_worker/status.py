@@ -12,6 +12,7 @@ from tagging_worker.runtime import Runtime
 def gather(rt: Runtime) -> dict[str, Any]:
     """Counts are read one after another, not in one transaction: a busy system moves
     between them, which is fine for a view. Redis only: metrics scrapes use it too."""
+    outcomes = rt.outcomes.snapshot()
     return {
         "queue": rt.settings.queue,
         "queued": int(rt.redis.llen(rt.settings.queue)),
@@ -20,10 +21,10 @@ def gather(rt: Runtime) -> dict[str, Any]:
         "dead_letters": rt.dead_letters.count(),
         "dead_letters_by_reason": rt.dead_letters.count_by_reason(),
         "dead_letters_by_code": rt.dead_letters.count_by_code(),
-        "outcomes": rt.outcomes.snapshot(),
+        "outcomes": outcomes,
         "rates_per_second": {
-            "last_minute": rt.outcomes.rates(60),
-            "last_5_minutes": rt.outcomes.rates(300),
+            "last_minute": rt.outcomes.rates(60, current=outcomes),
+            "last_5_minutes": rt.outcomes.rates(300, current=outcomes),
         },
         "api": rt.flow.snapshot(),
     }
