@@ -6,8 +6,10 @@ single small result instead, already classified, so retry decisions never touch 
 
 from __future__ import annotations
 
+import json
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +20,38 @@ from alibabacloud_tea_openapi import models as open_api_models
 from alibabacloud_tea_openapi.client import Client as OpenApiClient
 from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
 from alibabacloud_tea_util import models as util_models
-from darabonba.exceptions import UnretryableException
+from darabonba.exceptions import RetryError, UnretryableException
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
-from tagging_worker.classify import FailureKind, classify
+from tagging_worker.classify import FailureKind, classify, maybe_applied
 from tagging_worker.settings import Settings
 
 ACTION = "UpdateOutboundCallTags"
 API_VERSION = "2025-11-27"
 CREDENTIALS_MISSING = "InvalidCredentials"
+
+# The SDK wraps every transport failure in the same RetryError; the exception chain under it
+# (requests -> urllib3 -> socket) tells where it broke. First match wins, so the failures
+# while connecting (the request never left) stand before those after sending. urllib3's
+# NewConnectionError subclasses ConnectTimeoutError, hence its place.
+_TRANSPORT_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (socket.gaierror, "Network.NameResolution"),
+    (ConnectionRefusedError, "Network.ConnectionRefused"),
+    (NewConnectionError, "Network.ConnectError"),
+    (ConnectTimeoutError, "Network.ConnectTimeout"),
+    (ReadTimeoutError, "Network.ReadTimeout"),
+    (SSLError, "Network.SSLError"),
+    (ProtocolError, "Network.ConnectionReset"),
+    (ConnectionResetError, "Network.ConnectionReset"),
+    (json.JSONDecodeError, "Network.UnparsableResponse"),
+    (UnicodeDecodeError, "Network.UnparsableResponse"),
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,10 @@ class ApiFailure:
     duration: float
     retry_after: float | None = None
     """Seconds the API asked us to wait (`x-acs-retry-after`), when it said so."""
+    maybe_applied: bool = False
+    """The request may have reached the API and been applied, now or later, though we saw a
+    failure (a timeout, a dropped connection, a 5xx): with no idempotency token, only reading
+    the call back or writing the newest tags again settles it."""
 
 
 ApiResult = ApiSuccess | ApiFailure
@@ -99,23 +129,28 @@ class TagsApi:
             request_id=exc.request_id if exc.request_id not in (None, "None") else None,
             duration=duration,
             retry_after=retry_after / 1000 if retry_after else None,
+            maybe_applied=maybe_applied(code, exc.status_code),
         )
 
     def _failure_from_transport_error(
         self, exc: UnretryableException, duration: float
     ) -> ApiFailure:
         inner = exc.inner_exception
-        if isinstance(inner, CredentialException):
-            code = CREDENTIALS_MISSING
-        else:
-            code = f"Network.{type(inner).__name__}"
+        # RetryError only repeats its cause's text; the cause names what broke.
+        cause = (inner.__context__ if isinstance(inner, RetryError) else None) or inner
+        code = (
+            CREDENTIALS_MISSING
+            if isinstance(inner, CredentialException)
+            else _transport_code(cause)
+        )
         return ApiFailure(
             kind=classify(code, None, overrides=self._overrides),
             code=code,
-            message=_one_line(inner),
+            message=_one_line(cause),
             http_status=None,
             request_id=None,
             duration=duration,
+            maybe_applied=maybe_applied(code, None),
         )
 
     def _result_from_body(self, body: Any, duration: float) -> ApiResult:
@@ -128,6 +163,7 @@ class TagsApi:
                 http_status=200,
                 request_id=None,
                 duration=duration,
+                maybe_applied=maybe_applied("InvalidResponse", 200),
             )
         request_id = body.get("RequestId")
         data = body.get("Data")
@@ -144,6 +180,7 @@ class TagsApi:
             http_status=200,
             request_id=request_id,
             duration=duration,
+            maybe_applied=maybe_applied(code, 200),
         )
 
 
@@ -161,6 +198,24 @@ def _sdk_config(settings: Settings) -> open_api_models.Config:
     else:
         config.credential = CredentialClient()
     return config
+
+
+def _transport_code(exc: BaseException | None) -> str:
+    """`Network.<what broke>`; an unforeseen failure keeps its exception's name, and
+    `maybe_applied` then treats it as sent."""
+    chain = list(_chain(exc))
+    for kind, code in _TRANSPORT_CODES:
+        if any(isinstance(link, kind) for link in chain):
+            return code
+    return f"Network.{type(exc).__name__}"
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _one_line(exc: BaseException | None) -> str:

@@ -1,7 +1,9 @@
-"""Alibaba Cloud error codes -> what to do about them (pure, a table of data).
+"""Alibaba Cloud error codes -> what to do about them (pure, tables of data).
 
 By code first and HTTP status second: throttling usually arrives as HTTP 400 with a
-`Throttling*` code, so the status alone would call it permanent.
+`Throttling*` code, so the status alone would call it permanent. Separately, whether a failed
+request may still have been applied: the API has no idempotency token, so a request we gave
+up on can land later.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ CODE_TABLE: tuple[tuple[str, FailureKind], ...] = (
 )
 
 
+# Failures that prove the API did not act on the request: it never left this host (the
+# transport codes api.py gives to failures while connecting, missing credentials), or the
+# gateway turned it away before the API saw it, whatever HTTP status that came with.
+NOT_APPLIED: tuple[str, ...] = (
+    "Network.NameResolution",
+    "Network.ConnectionRefused",
+    "Network.ConnectError",
+    "Network.ConnectTimeout",
+    "InvalidCredentials",
+    "Throttling*",
+    "SignatureNonceUsed",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidAccessKeyId*",
+    "InvalidAccessKeySecret*",
+    "InvalidSecurityToken*",
+    "InvalidTimeStamp*",
+    "Forbidden*",
+    "NoPermission*",
+)
+
+
 def classify(
     code: str | None,
     http_status: int | None,
@@ -66,6 +90,23 @@ def classify(
         if found is not None:
             return found
     return _by_status(http_status)
+
+
+def maybe_applied(code: str | None, http_status: int | None) -> bool:
+    """Whether a request that failed like this may still have been applied by the API.
+
+    When in doubt, yes: a false yes costs one extra check-and-repair write, a false no lets a
+    late write of old tags stand over newer ones. So no HTTP status (timeouts, connections
+    dropped after sending, unreadable bodies), a 5xx or any other odd status count as maybe,
+    unless the code proves the request was never acted on; a 4xx, or a 200 with
+    `Success: false`, is the API saying no.
+    """
+    if code and any(_hits(code, pattern) for pattern in NOT_APPLIED):
+        return False
+    if code == "InvalidResponse" or http_status is None:
+        return True
+    said_no = 200 <= http_status < 300 or 400 <= http_status < 500
+    return not said_no
 
 
 def parse_overrides(spec: Mapping[str, str | FailureKind]) -> dict[str, FailureKind]:
@@ -89,18 +130,17 @@ def _match(
 ) -> FailureKind | None:
     best: tuple[int, FailureKind] | None = None
     for pattern, kind in table:
-        if pattern.endswith("*"):
-            hit = code.startswith(pattern[:-1])
-            weight = len(pattern) - 1
-        else:
-            hit = code == pattern
-            weight = 1 << 30  # an exact code beats any prefix
-        if hit:
+        if _hits(code, pattern):
             if not longest:
                 return kind
+            weight = len(pattern) - 1 if pattern.endswith("*") else 1 << 30  # exact beats prefix
             if best is None or weight > best[0]:
                 best = (weight, kind)
     return best[1] if best else None
+
+
+def _hits(code: str, pattern: str) -> bool:
+    return code.startswith(pattern[:-1]) if pattern.endswith("*") else code == pattern
 
 
 def _by_status(http_status: int | None) -> FailureKind:

@@ -1,10 +1,11 @@
-"""Alibaba error codes and HTTP statuses map to transient, permanent or systemic."""
+"""Alibaba error codes and HTTP statuses map to transient, permanent or systemic, and to
+whether a failed request may still have been applied."""
 
 from __future__ import annotations
 
 import pytest
 
-from tagging_worker.classify import FailureKind, classify, parse_overrides
+from tagging_worker.classify import FailureKind, classify, maybe_applied, parse_overrides
 
 Q, T = FailureKind.THROTTLED, FailureKind.TRANSIENT
 P, S = FailureKind.PERMANENT, FailureKind.SYSTEMIC
@@ -18,6 +19,13 @@ CASES = [
     ("InternalError", 500, T),
     ("SignatureNonceUsed", 400, T),
     ("Network.ReadTimeout", None, T),
+    ("Network.ConnectTimeout", None, T),
+    ("Network.ConnectionRefused", None, T),
+    ("Network.ConnectError", None, T),
+    ("Network.NameResolution", None, T),
+    ("Network.ConnectionReset", None, T),
+    ("Network.UnparsableResponse", None, T),
+    ("Network.SSLError", None, T),
     ("Network.RetryError", None, T),
     ("InvalidResponse", None, T),
     ("MissingParameter", 400, P),
@@ -55,6 +63,60 @@ def test_code_first_then_status_decides_the_kind(
     code: str | None, status: int | None, kind: FailureKind
 ) -> None:
     assert classify(code, status) is kind
+
+
+MAYBE_APPLIED_CASES = [
+    # sent, then no answer we can trust
+    ("Network.ReadTimeout", None, True),
+    ("Network.ConnectionReset", None, True),
+    ("Network.UnparsableResponse", None, True),
+    ("Network.SSLError", None, True),
+    ("Network.SomethingNew", None, True),
+    (None, None, True),
+    ("InvalidResponse", 200, True),
+    # a gateway or the API failed on the way: it may have acted first
+    ("GatewayTimeout", 504, True),
+    ("BadGateway", 502, True),
+    (None, 502, True),
+    ("InternalError", 500, True),
+    ("ServiceUnavailable", 503, True),
+    ("Unknown", 500, True),
+    ("InvalidParameter", 500, True),
+    ("SomethingNew", 302, True),
+    # never sent
+    ("Network.ConnectTimeout", None, False),
+    ("Network.ConnectionRefused", None, False),
+    ("Network.ConnectError", None, False),
+    ("Network.NameResolution", None, False),
+    ("InvalidCredentials", None, False),
+    # turned away before the API acted, whatever the status
+    ("Throttling.User", 400, False),
+    ("Throttling", 503, False),
+    ("Throttling.Api", None, False),
+    ("SignatureDoesNotMatch", 400, False),
+    ("SignatureNonceUsed", 400, False),
+    ("InvalidAccessKeyId.NotFound", 404, False),
+    ("InvalidTimeStamp.Expired", 400, False),
+    ("Forbidden.RAM", 403, False),
+    ("Forbidden", 500, False),
+    # the API refused it
+    ("InvalidParameter", 400, False),
+    ("RequestTimeout", 408, False),
+    ("SomethingNew", 400, False),
+    ("SomethingNew", 404, False),
+    ("SomethingNew", 429, False),
+    # HTTP 200 with `Success: false`
+    ("InvalidParameter.CallId", 200, False),
+    ("Throttling.User", 200, False),
+    ("SomethingNew", 200, False),
+]
+
+
+@pytest.mark.parametrize(("code", "status", "maybe"), MAYBE_APPLIED_CASES)
+def test_a_failure_may_have_been_applied_unless_it_proves_the_api_did_not_act(
+    code: str | None, status: int | None, maybe: bool
+) -> None:
+    assert maybe_applied(code, status) is maybe
 
 
 def test_success_false_with_a_known_code_is_classified_by_that_code() -> None:

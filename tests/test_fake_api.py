@@ -1,9 +1,12 @@
-"""The fake API's own behaviour: control endpoints, quota, nonce replay, fault bookkeeping."""
+"""The fake API's own behaviour: control endpoints, quota, nonce replay, fault bookkeeping,
+late applies."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -16,13 +19,14 @@ from tagging_worker.settings import load_settings
 from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
 
-def _client(fake_api: FakeAlibabaApi) -> TagsApi:
+def _client(fake_api: FakeAlibabaApi, read_timeout_ms: int = 10_000) -> TagsApi:
     return TagsApi(
         load_settings(
             api_endpoint=fake_api.endpoint,
             api_protocol="http",
             access_key_id=ACCESS_KEY_ID,
             access_key_secret=ACCESS_KEY_SECRET,
+            api_read_timeout_ms=read_timeout_ms,
         )
     )
 
@@ -128,3 +132,107 @@ def test_rotated_credentials_make_the_old_key_fail(fake_api: FakeAlibabaApi) -> 
     result = _client(fake_api).update_tags("c", "[]")
 
     assert isinstance(result, ApiFailure) and result.code == "InvalidAccessKeyId.NotFound"
+
+
+@pytest.mark.parametrize("answer", ["hang", "504", "close"])
+def test_a_late_apply_fails_at_the_client_and_lands_when_released(
+    fake_api: FakeAlibabaApi, answer: str
+) -> None:
+    fake_api.add_fault("late_apply", answer=answer, times=1)
+
+    result = _client(fake_api, read_timeout_ms=300).update_tags("c1", '["late"]')
+
+    assert isinstance(result, ApiFailure)
+    assert fake_api.tags_of("c1") is None and fake_api.calls() == []
+    fake_api.release_stalls()
+    assert fake_api.wait_late_applies(5)
+    assert fake_api.tags_of("c1") == ["late"]
+    assert [c.answer for c in fake_api.calls()] == ["OK-LATE"]
+    assert fake_api.counters()["OK-LATE"] == 1
+
+
+def test_a_timed_late_apply_lands_by_itself_no_sooner_than_its_seconds(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    fake_api.add_fault("late_apply", answer="504", seconds=0.5)
+    sent = time.time()
+
+    result = _client(fake_api).update_tags("c1", '["late"]')
+
+    assert isinstance(result, ApiFailure) and result.http_status == 504
+    assert fake_api.wait_late_applies(5)
+    [late] = fake_api.calls()
+    assert (late.answer, late.tags) == ("OK-LATE", ["late"])
+    assert late.at - sent >= 0.45
+
+
+def test_a_late_write_lands_over_a_newer_one_and_the_log_shows_that_order(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    fake_api.add_fault("late_apply", answer="close", times=1)
+    client = _client(fake_api)
+
+    assert isinstance(client.update_tags("c1", '["old"]'), ApiFailure)
+    assert isinstance(client.update_tags("c1", '["new"]'), ApiSuccess)
+    fake_api.release_stalls()
+
+    assert fake_api.wait_late_applies(5)
+    assert fake_api.tags_of("c1") == ["old"]
+    assert [(c.answer, c.tags) for c in fake_api.calls()] == [
+        ("OK", ["new"]),
+        ("OK-LATE", ["old"]),
+    ]
+
+
+def test_reset_drops_pending_late_applies_timed_or_waiting_for_release(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    fake_api.add_fault("late_apply", answer="504", seconds=60, call_id="timed")
+    fake_api.add_fault("late_apply", answer="504", call_id="released")
+    client = _client(fake_api)
+    assert isinstance(client.update_tags("timed", '["a"]'), ApiFailure)
+    assert isinstance(client.update_tags("released", '["a"]'), ApiFailure)
+
+    fake_api.reset()
+
+    assert fake_api.wait_late_applies(5)
+    assert fake_api.all_tags() == {} and fake_api.calls() == []
+
+
+def test_stop_neither_waits_for_a_held_connection_nor_lets_its_write_land() -> None:
+    api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}).start()
+    api.add_fault("late_apply", answer="hang", seconds=60)
+    assert isinstance(_client(api, read_timeout_ms=300).update_tags("c1", '["a"]'), ApiFailure)
+
+    stopping = threading.Thread(target=api.stop)
+    stopping.start()
+    stopping.join(5)
+
+    assert not stopping.is_alive()
+    assert api.wait_late_applies(5)
+    assert api.tags_of("c1") is None
+
+
+def test_a_late_apply_set_over_http_lands_when_faults_are_cleared_over_http(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    _control(fake_api, "POST", "faults", {"kind": "late_apply", "answer": "504", "call_id": "c1"})
+
+    result = _client(fake_api).update_tags("c1", '["late"]')
+
+    assert isinstance(result, ApiFailure) and result.code == "GatewayTimeout"
+    assert _control(fake_api, "GET", "state")["tags"] == {}
+    _control(fake_api, "DELETE", "faults")
+    assert fake_api.wait_late_applies(5)
+    assert _control(fake_api, "GET", "calls/c1") == {"call_id": "c1", "tags": ["late"]}
+    assert [c["answer"] for c in _control(fake_api, "GET", "log")] == ["OK-LATE"]
+
+
+def test_a_late_apply_with_an_unknown_answer_is_refused_over_http(
+    fake_api: FakeAlibabaApi,
+) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _control(fake_api, "POST", "faults", {"kind": "late_apply", "answer": "sometimes"})
+
+    assert refused.value.code == 400
+    assert "answer must be one of" in json.loads(refused.value.read())["error"]

@@ -2,9 +2,9 @@
 
 It checks signatures as the gateway does, answers in the API's own success and error shapes,
 keeps the current tags per call and a log of what it was asked, and can be told (in process
-or over `/_fake/` HTTP endpoints) to add latency, throttle, fail, refuse, stall or talk
-nonsense. Fast enough not to measure itself: keep-alive, TCP_NODELAY, a deep backlog and no
-per-request logging unless asked.
+or over `/_fake/` HTTP endpoints) to add latency, throttle, fail, refuse, stall, talk
+nonsense, or apply a write after the client has given up on it. Fast enough not to measure
+itself: keep-alive, TCP_NODELAY, a deep backlog and no per-request logging unless asked.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ ACTION = "UpdateOutboundCallTags"
 VERSION = "2025-11-27"
 HOST_ID = "thirdswaicall.aliyuncs.com"
 NONCE_WINDOW_SECONDS = 900
-FAULT_KINDS = ("latency", "throttle", "error", "success_false", "stall", "close", "garbage")
+FAULT_KINDS = (
+    "latency",
+    "throttle",
+    "error",
+    "success_false",
+    "stall",
+    "close",
+    "garbage",
+    "late_apply",
+)
+LATE_ANSWERS = ("hang", "504", "close")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,7 @@ class Fault:
     """One injected behaviour. `times` (use up) or `probability` (dice) limit it; `call_id`
     narrows it to one call. Kinds: latency, throttle, error, success_false (in `where`:
     "top" or "data"), stall (hold `seconds`, or until released), close (drop the connection),
-    garbage (an HTML 502 page, as a proxy would send)."""
+    garbage (an HTML 502 page, as a proxy would send), late_apply (see `answer`)."""
 
     kind: str
     call_id: str | None = None
@@ -58,11 +68,21 @@ class Fault:
     latency_ms: float = 0.0
     seconds: float | None = None
     where: str = "top"
+    answer: str = "hang"
+    """late_apply: the write is accepted and lands `seconds` after receipt (or when released),
+    while the client hears nothing useful: "hang" holds the connection until the write lands,
+    then drops it (past the client's read timeout, the client gives up first); "504" answers
+    a gateway timeout at once; "close" drops the connection at once. There is no idempotency
+    token, so the client cannot tell any of these from a request that never landed."""
     id: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {self.kind!r}")
+        if self.answer not in LATE_ANSWERS:
+            raise ValueError(f"answer must be one of {LATE_ANSWERS}, got {self.answer!r}")
+        if self.seconds is not None and self.seconds < 0:
+            raise ValueError(f"seconds must not be negative, got {self.seconds!r}")
         if self.kind == "throttle":
             self.code, self.http_status = "Throttling.User", 400
             self.message = "Request was denied due to user flow control."
@@ -113,6 +133,8 @@ class FakeAlibabaApi:
         self._nonce_order: deque[tuple[float, str]] = deque()
         self._quota_qps: float | None = None
         self._window: deque[float] = deque()
+        self._late_cancelled = threading.Event()
+        self._late_pending: set[threading.Event] = set()
         self._server = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
@@ -135,6 +157,8 @@ class FakeAlibabaApi:
         self._server.serve_forever(poll_interval=0.1)
 
     def stop(self) -> None:
+        """Pending late writes are dropped, so nothing lands on a stopped API."""
+        self._cancel_late_applies()
         self._released.set()
         self._server.shutdown()
         self._server.server_close()
@@ -153,11 +177,12 @@ class FakeAlibabaApi:
             fault.id = self._next_fault_id
             self._next_fault_id += 1
             self._faults.append(fault)
-        if kind == "stall" and fault.seconds is None:
+        if kind in ("stall", "late_apply") and fault.seconds is None:
             self._released.clear()
         return fault.id
 
     def clear_faults(self) -> None:
+        """Writes already accepted by a late_apply still land: the API has them."""
         with self._lock:
             self._faults.clear()
         self._released.set()
@@ -176,6 +201,8 @@ class FakeAlibabaApi:
             self._credentials = dict(credentials)
 
     def reset(self) -> None:
+        """Also drops pending late writes, so none lands on the fresh state."""
+        self._cancel_late_applies()
         with self._lock:
             self._tags.clear()
             self._log.clear()
@@ -196,13 +223,21 @@ class FakeAlibabaApi:
             return {k: list(v) for k, v in self._tags.items()}
 
     def calls(self) -> list[LoggedCall]:
-        """Every signed UpdateOutboundCallTags request, in arrival order."""
+        """Every signed UpdateOutboundCallTags request, in the order the API acted on them: a
+        late_apply is logged ("OK-LATE") when its write lands, not when it arrived."""
         with self._lock:
             return list(self._log)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counters)
+
+    def wait_late_applies(self, timeout: float) -> bool:
+        """Whether every late write accepted so far has landed (or been dropped) in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            pending = list(self._late_pending)
+        return all(settled.wait(max(0.0, deadline - time.monotonic())) for settled in pending)
 
     # request handling ------------------------------------------------------------------
 
@@ -264,6 +299,28 @@ class FakeAlibabaApi:
         return self._update(params, request_id, access_key_id)
 
     def _update(self, params: dict[str, str], request_id: str, access_key_id: str) -> _Answer:
+        checked = self._checked(params, request_id, access_key_id)
+        if isinstance(checked, _Answer):
+            return checked
+        call_id, tags = checked
+        with self._lock:
+            self._tags[call_id] = tags
+            self._record(call_id, tags, "OK", access_key_id)
+        return _Answer(
+            200,
+            {
+                "RequestId": request_id,
+                "Success": True,
+                "Code": None,
+                "Message": "操作成功",
+                "Data": {"Success": True, "Message": "标签更新成功"},
+            },
+        )
+
+    def _checked(
+        self, params: dict[str, str], request_id: str, access_key_id: str
+    ) -> tuple[str, list[str]] | _Answer:
+        """The call and its tags, or the refusal the API answers for a malformed request."""
         call_id = params.get("CallId")
         if not call_id:
             return self._refuse(
@@ -293,23 +350,62 @@ class FakeAlibabaApi:
                 params,
                 access_key_id,
             )
+        return call_id, tags
+
+    def _late_apply(
+        self, fault: Fault, request_id: str, params: dict[str, str], access_key_id: str
+    ) -> _Answer:
+        checked = self._checked(params, request_id, access_key_id)
+        if isinstance(checked, _Answer):
+            return checked
+        landed = self._apply_later(fault.seconds, *checked, access_key_id)
+        if fault.answer == "504":
+            return _error(
+                504, "GatewayTimeout", "The request timed out at the gateway.", request_id
+            )
+        if fault.answer == "hang":
+            landed.wait()
+        return _Answer(0, close=True)
+
+    def _apply_later(
+        self, seconds: float | None, call_id: str, tags: list[str], access_key_id: str
+    ) -> threading.Event:
+        """Lands the write from a thread of its own, so it happens whatever became of the
+        request's connection; returns an event set once it has landed or been dropped."""
+        settled = threading.Event()
         with self._lock:
-            self._tags[call_id] = tags
-            self._record(call_id, tags, "OK", access_key_id)
-        return _Answer(
-            200,
-            {
-                "RequestId": request_id,
-                "Success": True,
-                "Code": None,
-                "Message": "操作成功",
-                "Data": {"Success": True, "Message": "标签更新成功"},
-            },
-        )
+            cancelled = self._late_cancelled
+            self._late_pending.add(settled)
+
+        def land() -> None:
+            try:
+                if seconds is None:
+                    self._released.wait()
+                else:
+                    cancelled.wait(seconds)
+                with self._lock:
+                    if not cancelled.is_set():
+                        self._tags[call_id] = tags
+                        self._record(call_id, tags, "OK-LATE", access_key_id)
+                    self._late_pending.discard(settled)
+            finally:
+                settled.set()
+
+        threading.Thread(target=land, name="fake-api-late-apply", daemon=True).start()
+        return settled
+
+    def _cancel_late_applies(self) -> None:
+        """Pending writes check the event they were born with under the lock before landing,
+        so none of them lands after this; callers also set `_released` to wake the rest."""
+        with self._lock:
+            self._late_cancelled.set()
+            self._late_cancelled = threading.Event()
 
     def _apply(
         self, fault: Fault, request_id: str, params: dict[str, str], access_key_id: str
     ) -> _Answer:
+        if fault.kind == "late_apply":
+            return self._late_apply(fault, request_id, params, access_key_id)
         if fault.kind == "stall":
             if fault.seconds is not None:
                 time.sleep(fault.seconds)
@@ -487,7 +583,8 @@ def _handler_for(api: FakeAlibabaApi) -> type[BaseHTTPRequestHandler]:
             answer = api.answer(self.command, self.path, headers, body)
             if answer.close:
                 self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):  # the client may have hung up first
+                    self.connection.shutdown(socket.SHUT_RDWR)
                 return
             data = (
                 answer.raw
