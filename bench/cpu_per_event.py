@@ -32,7 +32,7 @@ from benchkit import (
 from throughput import FakeApi
 
 from tagging_worker.publish import Publisher
-from tagging_worker.tasks import process
+from tagging_worker.tasks import Progress, process
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -105,10 +105,14 @@ def task_body(n: int = 1000) -> tuple[float, float]:
                 for i in range(n + 100)
             ]
             for event in events[:100]:  # connections made, scripts loaded
-                process(rt, event, None, task_id=event["event_id"])
+                process(
+                    rt, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
+                )
             started = time.process_time()
             for event in events[100:]:
-                process(rt, event, None, task_id=event["event_id"])
+                process(
+                    rt, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
+                )
             body = 1000 * (time.process_time() - started) / n
             started = time.process_time()
             for i in range(n):

@@ -46,6 +46,7 @@ class HousekeeperStep(bootsteps.StartStopStep):
             rt.retries,
             lambda: rt.ordering.recover_lost(grace_ms=grace_ms),
             watch,
+            settle=rt.ordering.queue_due_settles,
             interval=rt.settings.scheduler_interval_seconds,
             recover_every=max(1.0, rt.settings.recover_after_seconds / 4),
         )

@@ -18,9 +18,9 @@ from rich.table import Table
 
 from tagging_worker.cli_support import JsonFlag, err, out, runtime_or_exit
 from tagging_worker.dead_filter import DeadFilter, last_code, parse_when
-from tagging_worker.dead_letters import replay_event
+from tagging_worker.dead_letters import Restored, replay_event
 from tagging_worker.event import InvalidEvent, validate_event
-from tagging_worker.replay import replay_dead_letter, winning_version
+from tagging_worker.replay import known_version, replay_dead_letter, winning_version
 from tagging_worker.runtime import Runtime
 
 dead = typer.Typer(help="Inspect, fix and replay dead-lettered events.", no_args_is_help=True)
@@ -211,7 +211,7 @@ def _replay_paced(
         event = replay_event(record)
         if not isinstance(event, dict) or not isinstance(event.get("version"), int):
             return event
-        applied = rt.ordering.applied_version(str(event.get("call_id")))
+        applied = known_version(rt, record)
         version = winning_version(event["version"], applied)
         if version is None:
             return event
@@ -333,7 +333,7 @@ def dead_import(
     """Store exported dead letters here (same ids and times), e.g. from another environment."""
     store = runtime_or_exit().dead_letters
     text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    imported = skipped = 0
+    imported = skipped = settled = 0
     bad: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -342,18 +342,28 @@ def dead_import(
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
-            if store.restore(record, replace=replace):
-                imported += 1
-            else:
-                skipped += 1
+            answer = store.restore(record, replace=replace)
+            imported += answer is Restored.STORED
+            skipped += answer is Restored.EXISTS
+            settled += answer is Restored.SETTLED
         except ValueError as exc:  # JSONDecodeError is one
             bad.append(f"line {number}: {exc}")
     if as_json:
-        out.print_json(data={"imported": imported, "skipped": skipped, "bad_lines": bad})
+        out.print_json(
+            data={
+                "imported": imported,
+                "skipped": skipped,
+                "settled": settled,
+                "bad_lines": bad,
+            }
+        )
     else:
         for problem in bad:
             err.print(f"not imported: {problem}", markup=False)
-        out.print(f"imported {imported}, skipped {skipped} already here, bad lines {len(bad)}")
+        out.print(
+            f"imported {imported}, skipped {skipped} already here, {settled} finished since "
+            f"(replayed and settled), bad lines {len(bad)}"
+        )
     raise SystemExit(2 if bad else 0)
 
 

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 import redis
@@ -22,6 +23,21 @@ from tagging_worker.messages import delivery_tag_of
 
 # Every record is indexed by time of death (all), reason, call and, when it has one, the
 # error code it died of; each script keeps all four right.
+
+# Stores a new record (an existing one is left as it is: a second death of the same event is
+# refused by its fate before this runs). Used by the scripts that record an event's fate.
+STORE_RECORD = """
+local function store_record(all, record, by_reason, by_call, by_code, id, json, reason, call,
+                            code, died_at)
+  if redis.call('EXISTS', record) == 1 then return end
+  redis.call('HSET', record, 'json', json, 'reason', reason, 'call_id', call, 'code', code)
+  redis.call('ZADD', all, died_at, id)
+  redis.call('ZADD', by_reason, died_at, id)
+  redis.call('ZADD', by_call, died_at, id)
+  if code ~= '' then redis.call('ZADD', by_code, died_at, id) end
+end
+"""
+
 _UNINDEX = """
 local function unindex(prefix, id, reason, call, code)
   if reason then redis.call('ZREM', prefix .. ':dead:reason:' .. reason, id) end
@@ -30,14 +46,45 @@ local function unindex(prefix, id, reason, call, code)
 end
 """
 
-# KEYS: all, record
+_TRIM = """
+local function trim(all, prefix, max)
+  local trimmed = 0
+  local excess = redis.call('ZCARD', all) - tonumber(max)
+  if excess <= 0 then return 0 end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
+    local rec = prefix .. ':dead:rec:' .. id
+    local f = redis.call('HMGET', rec, 'reason', 'call_id', 'code')
+    redis.call('ZREM', all, id)
+    unindex(prefix, id, f[1], f[2], f[3])
+    redis.call('DEL', rec)
+    trimmed = trimmed + 1
+  end
+  return trimmed
+end
+"""
+
+# KEYS: all; ARGV: max, prefix
+_TRIM_OLDEST = _UNINDEX + _TRIM + "return trim(KEYS[1], ARGV[2], ARGV[1])"
+
+# KEYS: all, record, fate, outcomes, applied, tags
 # ARGV: id, json, reason, call_id, code ('' for none), died_at_ms, max, prefix, keep ('1':
-#       leave an existing record alone and return -1)
+#       leave an existing record alone and return -1), fate_ttl
+# An event whose fate here is other than dead is refused (-2): it was replayed and finished
+# since the record was exported. Otherwise the event's fate becomes dead if it had none, so the
+# counters count it once and a replay gives the fate back, and its call's version is kept as
+# long as the record.
 _ADD = (
     _UNINDEX
+    + _TRIM
     + """
 local prefix = ARGV[8]
 if ARGV[9] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local fate = redis.call('GET', KEYS[3])
+if fate and fate ~= 'dead' then return -2 end
+if not fate then
+  redis.call('SET', KEYS[3], 'dead', 'EX', ARGV[10])
+  redis.call('HINCRBY', KEYS[4], 'dead', 1)
+end
 local old = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'code')
 unindex(prefix, ARGV[1], old[1], old[2], old[3])
 redis.call('HSET', KEYS[2], 'json', ARGV[2], 'reason', ARGV[3], 'call_id', ARGV[4], 'code', ARGV[5])
@@ -45,27 +92,20 @@ redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
 redis.call('ZADD', prefix .. ':dead:reason:' .. ARGV[3], ARGV[6], ARGV[1])
 redis.call('ZADD', prefix .. ':dead:call:' .. ARGV[4], ARGV[6], ARGV[1])
 if ARGV[5] ~= '' then redis.call('ZADD', prefix .. ':dead:code:' .. ARGV[5], ARGV[6], ARGV[1]) end
-local trimmed = 0
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[7])
-if excess > 0 then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
-    local rec = prefix .. ':dead:rec:' .. id
-    local f = redis.call('HMGET', rec, 'reason', 'call_id', 'code')
-    redis.call('ZREM', KEYS[1], id)
-    unindex(prefix, id, f[1], f[2], f[3])
-    redis.call('DEL', rec)
-    trimmed = trimmed + 1
-  end
-end
-return trimmed
+redis.call('PERSIST', KEYS[5])
+redis.call('PERSIST', KEYS[6])
+return trim(KEYS[1], prefix, ARGV[7])
 """
 )
 
-# KEYS: all, record, fate, outcomes, pending ('' when unknown), journal, journal index
+# KEYS: all, record, fate, outcomes, pending, journal, journal index, applied, tags,
+#       dead by call (the call's keys '' when the record has no call)
 # ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version,
-#       delivery tag, now_ms
+#       delivery tag, now_ms, the call's version when the event died ('' when unknown), ttl
 # A replay also gives the event its ledger entry back (it is no longer dead), registers its
-# version as pending and journals its message, as publishing does.
+# version as pending and journals its message, as publishing does. The call's version is
+# brought back up to what it was when the event died, should Redis have forgotten it, and
+# expires again once the call has no dead letter left.
 _TAKE = (
     _UNINDEX
     + """
@@ -75,6 +115,15 @@ if ARGV[5] ~= '' and f[3] ~= ARGV[5] then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 unindex(ARGV[2], ARGV[1], f[1], f[2], f[4])
 redis.call('DEL', KEYS[2])
+if KEYS[8] ~= '' then
+  if ARGV[10] ~= '' and tonumber(redis.call('GET', KEYS[8]) or '-1') < tonumber(ARGV[10]) then
+    redis.call('SET', KEYS[8], ARGV[10])
+  end
+  if redis.call('EXISTS', KEYS[10]) == 0 then
+    redis.call('EXPIRE', KEYS[8], ARGV[11])
+    redis.call('EXPIRE', KEYS[9], ARGV[11])
+  end
+end
 if ARGV[3] == '' then return 1 end
 if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
 redis.call('HINCRBY', KEYS[4], 'replayed', 1)
@@ -85,6 +134,21 @@ redis.call('LPUSH', ARGV[3], ARGV[4])
 return 1
 """
 )
+
+
+@dataclass(frozen=True)
+class DeadRecord:
+    """A dead letter ready to store, with what the scripts index it by."""
+
+    id: str
+    json: str
+    reason: str
+    call_id: str
+    code: str
+    died_at_ms: int
+
+    def script_args(self) -> list[str | int]:
+        return [self.json, self.reason, self.call_id, self.code, self.died_at_ms]
 
 
 @dataclass(frozen=True)
@@ -116,18 +180,36 @@ class ReplayConflict(Exception):
     """The record changed between reading it and replaying it; nothing was moved."""
 
 
+class Restored(str, Enum):
+    STORED = "stored"
+    EXISTS = "exists"
+    """A record with that id is here already (and was left alone)."""
+    SETTLED = "settled"
+    """The event has finished otherwise since the record was written (replayed, applied)."""
+
+
 class DeadLetterStore:
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, max_records: int, max_event_bytes: int = 65_536
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        max_records: int,
+        max_event_bytes: int = 65_536,
+        fate_ttl: int = 7 * 86_400,
+        version_ttl: int = 7 * 86_400,
     ) -> None:
         self._redis = client
         self._keys = keys
         self._max = max_records
         self._max_event_bytes = max_event_bytes
+        self._fate_ttl = fate_ttl
+        self._version_ttl = version_ttl
         self._add = client.register_script(_ADD)
         self._take = client.register_script(_TAKE)
+        self._trim = client.register_script(_TRIM_OLDEST)
 
-    def add(
+    def prepare(
         self,
         *,
         record_id: str,
@@ -138,51 +220,89 @@ class DeadLetterStore:
         attempts: list[dict[str, Any]],
         first_seen: float,
         task_id: str | None,
-    ) -> int:
-        """Store one record (same id: replaced, so a redelivered task never duplicates it).
+        attempt_counts: dict[str, Any] | None = None,
+        applied_version: int | None = None,
+    ) -> DeadRecord:
+        """The record of an event that died, to store with its fate in one step.
 
-        Returns how many of the oldest records were trimmed to honour the retention limit.
+        `applied_version` is the call's version when it died: a replay that finds it forgotten
+        brings it back, so a replay or an import can never regress the call. `attempts` is
+        the kept part of the history (first and latest), `attempt_counts` counts all of it.
         """
-        call_id = _field(normalized, event, "call_id")
         record = {
             "id": record_id,
             "reason": reason,
             "detail": detail,
-            "call_id": call_id,
+            "call_id": _field(normalized, event, "call_id"),
             "event_id": _field(normalized, event, "event_id"),
             "version": _field(normalized, event, "version"),
             "source": _field(normalized, event, "source"),
             "event": self._bounded(event),
             "normalized": normalized,
             "attempts": attempts,
+            "attempt_counts": attempt_counts,
             "first_seen": first_seen,
             "died_at": time.time(),
             "task_id": task_id,
+            "applied_version": applied_version,
         }
-        return self._store(record, keep_existing=False)
+        return _dead_record(record)
 
-    def restore(self, record: dict[str, Any], *, replace: bool) -> bool:
+    @staticmethod
+    def record_keys(keys: Keys, record: DeadRecord) -> list[str]:
+        """The keys a script that stores `record` touches, in the order `STORE_RECORD`'s
+        callers pass them: by call, all, the record, by reason, by code."""
+        return [
+            keys.dead_by_call(record.call_id),
+            keys.dead_all,
+            keys.dead_record(record.id),
+            keys.dead_by_reason(record.reason),
+            keys.dead_by_code(record.code),
+        ]
+
+    def trim(self) -> int:
+        """Drop the oldest records beyond the retention limit; returns how many."""
+        return int(self._trim(keys=[self._keys.dead_all], args=[self._max, self._keys.prefix]))
+
+    def add(self, **fields: Any) -> int:
+        """Store a record outside an event's processing (its fate becomes dead if it had none);
+        `fields` as for `prepare`. Returns how many old records were trimmed."""
+        return self._store(json.loads(self.prepare(**fields).json), keep_existing=False)
+
+    def restore(self, record: dict[str, Any], *, replace: bool) -> Restored:
         """Store an exported record as it was (its id and time of death kept). Without
-        `replace`, an id already here is left alone: returns False."""
+        `replace`, an id already here is left alone. A record whose event has finished
+        otherwise since (it was replayed and applied) is not restored."""
         if not isinstance(record.get("id"), str) or not isinstance(record.get("reason"), str):
             raise ValueError("a dead-letter record needs a string id and reason")
-        return self._store(record, keep_existing=not replace) != -1
+        answer = self._store(record, keep_existing=not replace)
+        return {-1: Restored.EXISTS, -2: Restored.SETTLED}.get(answer, Restored.STORED)
 
     def _store(self, record: dict[str, Any], *, keep_existing: bool) -> int:
         k = self._keys
+        call_id = record.get("call_id")
+        known = isinstance(call_id, str)
         return int(
             self._add(
-                keys=[k.dead_all, k.dead_record(record["id"])],
+                keys=[
+                    k.dead_all,
+                    k.dead_record(record["id"]),
+                    k.fate(record["id"]),
+                    k.outcomes,
+                    k.applied(call_id) if known else k.applied(""),
+                    k.tags(call_id) if known else k.tags(""),
+                ],
                 args=[
                     record["id"],
                     json.dumps(record, ensure_ascii=False, default=repr),
                     record["reason"],
-                    str(record.get("call_id")),
+                    str(call_id),
                     last_code(record) or "",
                     int(float(record.get("died_at") or time.time()) * 1000),
                     self._max,
                     k.prefix,
                     "1" if keep_existing else "",
+                    self._fate_ttl,
                 ],
             )
         )
@@ -300,14 +420,9 @@ class DeadLetterStore:
 
     def delete(self, record_id: str) -> bool:
         """Forget a record; the event's fate stays `dead` in the ledger."""
-        k = self._keys
-        return (
-            self._take(
-                keys=[k.dead_all, k.dead_record(record_id), "", "", "", "", ""],
-                args=[record_id, k.prefix, "", "", "", "", 0, "", 0],
-            )
-            == 1
-        )
+        raw = self._redis.hget(self._keys.dead_record(record_id), "call_id")
+        call_id = raw.decode() if raw is not None else None
+        return self._take_record(record_id, call_id, args=["", "", "", "", 0, "", 0, ""]) == 1
 
     def replay(
         self,
@@ -329,35 +444,70 @@ class DeadLetterStore:
         event = (revise or replay_event)(record)
         fields = event if isinstance(event, dict) else {}
         event_id = str(fields.get("event_id") or record_id)
-        k = self._keys
-        known = "version" in fields and isinstance(fields.get("call_id"), str)
-        pending = k.pending(fields["call_id"]) if known else ""
+        call_id = record.get("call_id") if isinstance(record.get("call_id"), str) else None
+        registered = "version" in fields and isinstance(fields.get("call_id"), str)
+        floor = record.get("applied_version")
         message = build_message(event)
-        moved = self._take(
-            keys=[
-                k.dead_all,
-                k.dead_record(record_id),
-                k.fate(event_id),
-                k.outcomes,
-                pending,
-                k.journal(event_id),
-                k.journal_index,
-            ],
+        moved = self._take_record(
+            record_id,
+            call_id,
             args=[
-                record_id,
-                k.prefix,
                 queue,
                 message,
                 raw.decode(),
                 event_id,
-                fields.get("version", 0) if known else 0,
+                fields.get("version", 0) if registered else 0,
                 delivery_tag_of(message),
                 int(time.time() * 1000),
+                floor if isinstance(floor, int) else "",
             ],
+            pending=self._keys.pending(fields["call_id"]) if registered else "",
+            journal=event_id,
         )
         if moved == -1:
             raise ReplayConflict(record_id)
         return moved == 1
+
+    def _take_record(
+        self,
+        record_id: str,
+        call_id: str | None,
+        *,
+        args: list[Any],
+        pending: str = "",
+        journal: str | None = None,
+    ) -> int:
+        k = self._keys
+        queue, message, expected, event_id, version, tag, now_ms, floor = args
+        return int(
+            self._take(
+                keys=[
+                    k.dead_all,
+                    k.dead_record(record_id),
+                    k.fate(event_id or record_id),
+                    k.outcomes,
+                    pending,
+                    k.journal(journal) if journal else "",
+                    k.journal_index,
+                    k.applied(call_id) if call_id is not None else "",
+                    k.tags(call_id) if call_id is not None else "",
+                    k.dead_by_call(call_id) if call_id is not None else "",
+                ],
+                args=[
+                    record_id,
+                    k.prefix,
+                    queue,
+                    message,
+                    expected,
+                    event_id,
+                    version,
+                    tag,
+                    now_ms,
+                    floor,
+                    self._version_ttl,
+                ],
+            )
+        )
 
     def _fetch(self, ids: list[bytes]) -> Iterator[dict[str, Any]]:
         pipe = self._redis.pipeline(transaction=False)
@@ -366,6 +516,17 @@ class DeadLetterStore:
         for raw in pipe.execute():
             if raw:
                 yield json.loads(raw)
+
+
+def _dead_record(record: dict[str, Any]) -> DeadRecord:
+    return DeadRecord(
+        id=record["id"],
+        json=json.dumps(record, ensure_ascii=False, default=repr),
+        reason=record["reason"],
+        call_id=str(record.get("call_id")),
+        code=last_code(record) or "",
+        died_at_ms=int(float(record["died_at"]) * 1000),
+    )
 
 
 def replay_event(record: dict[str, Any]) -> Any:

@@ -15,6 +15,8 @@ from typing import Any
 
 MAX_VERSION = 2**53 - 1  # sorted-set scores and Lua numbers are doubles: exact up to here
 MAX_EVENT_ID_LENGTH = 128
+MAX_CALL_ID_LENGTH = 4096
+"""The longest call id any deployment can be set to accept (TAGGING_MAX_CALL_ID_LENGTH)."""
 MAX_SOURCE_LENGTH = 128
 KNOWN_FIELDS = ("call_id", "tags", "version", "event_id", "occurred_at", "source")
 

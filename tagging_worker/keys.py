@@ -50,8 +50,30 @@ class Keys:
         return self._k("call", call_id, "pending")
 
     def parked(self, call_id: str) -> str:
-        """Sorted set of older events held back while a newer one is pending, by version."""
+        """Sorted set of the ids of older events held back while a newer one is pending, by
+        version; one entry per event however often it is delivered."""
         return self._k("call", call_id, "parked")
+
+    def parked_messages(self, call_id: str) -> str:
+        """Hash: the message of each parked event, by event id."""
+        return self._k("call", call_id, "parked", "msg")
+
+    def tags(self, call_id: str) -> str:
+        """The tags (as sent to the API) of the call's applied version, for repairs."""
+        return self._k("call", call_id, "tags")
+
+    def unsettled(self, call_id: str) -> str:
+        """Sorted set of versions whose write may still land late (an unknown outcome), by the
+        time after which the API can no longer apply them (ms)."""
+        return self._k("call", call_id, "unsettled")
+
+    def clock(self, call_id: str) -> str:
+        """The last default version given to an event of the call, so defaults never tie."""
+        return self._k("call", call_id, "clock")
+
+    def received(self, event_id: str) -> str:
+        """The version given at first receipt to an event that came without one."""
+        return self._k("received", event_id)
 
     def lease(self, call_id: str) -> str:
         """The one-writer-at-a-time lock of the call (value: the holder's token)."""
@@ -69,6 +91,12 @@ class Keys:
     def journal_index(self) -> str:
         """Sorted set of unfinished event ids by when their message entered the queue (ms)."""
         return self._k("journal")
+
+    @property
+    def settle_index(self) -> str:
+        """Sorted set of calls with writes of unknown outcome, by when the next one can no
+        longer land (ms): when to check whether a repair is needed."""
+        return self._k("settle")
 
     @property
     def circuit(self) -> str:

@@ -32,10 +32,37 @@ def build_task_message(
     enqueued_at_ms: int | None = None,
 ) -> str:
     """Serialize one task message; `retry_state` rides in kwargs so a retry is self-contained."""
+    return _envelope(
+        [event],
+        {"retry_state": retry_state} if retry_state else {},
+        queue=queue,
+        task_id=task_id,
+        retries=int(retry_state.get("attempts_made", 0)) if retry_state else 0,
+        argsrepr=_argsrepr(event),
+        enqueued_at_ms=enqueued_at_ms,
+    )
+
+
+def build_settle_message(call_id: str, *, queue: str) -> str:
+    """The task message that checks whether a call needs a repair (`settle=call_id`)."""
+    return _envelope(
+        [], {"settle": call_id}, queue=queue, argsrepr="()", kwargsrepr=repr({"settle": call_id})
+    )
+
+
+def _envelope(
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    task_id: str | None = None,
+    retries: int = 0,
+    argsrepr: str,
+    kwargsrepr: str = "{}",
+    enqueued_at_ms: int | None = None,
+) -> str:
     task_id = task_id or str(uuid.uuid4())
-    kwargs = {"retry_state": retry_state} if retry_state else {}
-    body = [[event], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    retries = len(retry_state.get("attempts", ())) if retry_state else 0
+    body = [args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     message = {
         "body": base64.b64encode(_dumps(body).encode()).decode(),
         "content-encoding": "utf-8",
@@ -53,8 +80,8 @@ def build_task_message(
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": _argsrepr(event),
-            "kwargsrepr": "{}",
+            "argsrepr": argsrepr,
+            "kwargsrepr": kwargsrepr,
             "origin": _ORIGIN,
             "ignore_result": True,
             ENQUEUED_AT: enqueued_at_ms if enqueued_at_ms is not None else int(time.time() * 1000),

@@ -190,3 +190,41 @@ def dead(
         },
     )
     sentry.dead_letter(record_id, call_id, reason, code or reason, detail)
+
+
+def maybe_applied(call_id: str, version: int, failure: ApiFailure) -> None:
+    log.warning(
+        "outcome unknown (%s): the API may still apply version %d; the call is checked once "
+        "that can no longer happen",
+        failure.code,
+        version,
+        extra={"call_id": call_id, "version": version, "code": failure.code},
+    )
+
+
+def landed_on_newer(call_id: str, event_id: str, version: int) -> None:
+    log.warning(
+        "an older write landed on a newer one (this worker's lease had run out): the newest "
+        "tags are written again",
+        extra={"call_id": call_id, "event_id": event_id, "version": version},
+    )
+
+
+def repaired(call_id: str, version: int) -> None:
+    metrics.EVENTS.labels("repaired").inc()
+    log.info(
+        "repaired: wrote the applied tags again after a write of unknown outcome",
+        extra={"outcome": "repaired", "call_id": call_id, "version": version},
+    )
+
+
+def repair_failed(call_id: str, version: int, failure: ApiFailure) -> None:
+    metrics.EVENTS.labels("repair_failed").inc()
+    log.error(
+        "repair refused for good (%s: %s): the call may hold older tags than version %d",
+        failure.code,
+        failure.message,
+        version,
+        extra={"outcome": "repair_failed", "call_id": call_id, "version": version},
+    )
+    sentry.repair_failed(call_id, failure.code, failure.message)

@@ -12,7 +12,7 @@ from tagging_worker.keys import Keys
 
 
 class Outcome(str, Enum):
-    """The four fates (every event ends in exactly one) and three counts of work done."""
+    """The four fates (every event ends in exactly one) and counts of work done."""
 
     APPLIED = "applied"
     STALE = "stale"
@@ -22,6 +22,10 @@ class Outcome(str, Enum):
     REPLAYED = "replayed"
     HELD = "held"
     """Sent back to wait for the API budget or an open circuit, without using an attempt."""
+    REPAIRED = "repaired"
+    """A call's applied tags written again, because an older write may have landed late."""
+    REPAIR_FAILED = "repair_failed"
+    """A repair the API refused for good (its tags were accepted before): see the logs."""
 
 
 FATES = (Outcome.APPLIED, Outcome.STALE, Outcome.SUPERSEDED, Outcome.DEAD)

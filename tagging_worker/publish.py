@@ -2,7 +2,8 @@
 
 Events are checked here first, so a producer hears about a bad event at once instead of
 finding it in the dead letters; defaults (`version`, `event_id`) are fixed at publish time,
-as the contract says, so redeliveries and retries of one event agree on them. Each event's
+as the contract says, so redeliveries and retries of one event agree on them; a default
+version comes from the call's clock in Redis, so defaults never tie, whoever publishes. Each event's
 version is registered as pending for its call as it is queued, which is what lets workers
 skip older events that a newer one will overwrite anyway.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tagging_worker.event import EventLimits, InvalidEvent, TagUpdate, validate_event
@@ -44,8 +46,9 @@ class Publisher:
         """Every event is checked before any is sent; then they are pipelined in chunks."""
         prepared = [self._prepare(event, validate) for event in events]
         for start in range(0, len(prepared), chunk):
+            batch = self._with_default_versions(prepared[start : start + chunk])
             pipe = self._ordering.client.pipeline(transaction=False)
-            for full, update in prepared[start : start + chunk]:
+            for full, update in batch:
                 message = build_task_message(full, queue=self._ordering.queue)
                 if update is None:
                     pipe.lpush(self._ordering.queue, message)
@@ -60,13 +63,12 @@ class Publisher:
         self, event: Mapping[str, Any], validate: bool
     ) -> tuple[dict[str, Any], TagUpdate | None]:
         full = dict(event)
-        full.setdefault("version", int(time.time() * 1000))
         full.setdefault("event_id", str(uuid.uuid4()))
         try:
             update = validate_event(
                 full,
                 limits=self._limits,
-                default_version=full["version"],
+                default_version=0,
                 default_event_id=str(full["event_id"]),
             )
         except InvalidEvent:
@@ -74,6 +76,24 @@ class Publisher:
                 raise
             update = None
         return full, update
+
+    def _with_default_versions(
+        self, batch: list[tuple[dict[str, Any], TagUpdate | None]]
+    ) -> list[tuple[dict[str, Any], TagUpdate | None]]:
+        """Events without a version get one from their call's clock in Redis, fixed here
+        for good: later in the batch or on another host, the next default is higher."""
+        calls = [u.call_id for full, u in batch if u is not None and full.get("version") is None]
+        versions = iter(self._ordering.default_versions(calls))
+        done: list[tuple[dict[str, Any], TagUpdate | None]] = []
+        for full, update in batch:
+            if full.get("version") is not None:
+                done.append((full, update))
+            elif update is None:  # a deliberately invalid event: its version orders nothing
+                done.append(({**full, "version": int(time.time() * 1000)}, None))
+            else:
+                version = next(versions)
+                done.append(({**full, "version": version}, replace(update, version=version)))
+        return done
 
 
 def publish_tag_update(

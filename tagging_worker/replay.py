@@ -30,6 +30,19 @@ def replay_dead_letter(
         return False
 
 
+def known_version(rt: Runtime, record: dict[str, Any]) -> int | None:
+    """The newest version the record's call is known to have applied: what Redis holds, or
+    what the record saw when the event died, whichever is higher (Redis may have forgotten,
+    or the record may come from another environment)."""
+    call_id = record.get("call_id")
+    seen = [
+        rt.ordering.applied_version(call_id) if isinstance(call_id, str) else None,
+        record.get("applied_version"),
+    ]
+    known = [v for v in seen if isinstance(v, int) and not isinstance(v, bool)]
+    return max(known) if known else None
+
+
 def winning_version(version: int, applied: int | None) -> int | None:
     """For a forced replay: the version that beats what the call has applied, or None when
     the event's own version already does."""

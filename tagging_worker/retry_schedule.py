@@ -54,10 +54,10 @@ class RetrySchedule:
 
 
 class Housekeeper(threading.Thread):
-    """Beside every worker: moves due retries to the queue and runs `watch` each `interval`,
-    and every `recover_every` seconds sends again messages lost between Redis and a dying
-    worker. Redis errors are logged and retried on the next tick: the worker outlives a
-    Redis restart.
+    """Beside every worker: moves due retries to the queue, queues the settle checks of calls
+    whose writes of unknown outcome can no longer land, and runs `watch` each `interval`; and
+    every `recover_every` seconds sends again messages lost between Redis and a dying worker.
+    Redis errors are logged and retried on the next tick: the worker outlives a Redis restart.
     """
 
     def __init__(
@@ -66,12 +66,14 @@ class Housekeeper(threading.Thread):
         recover: Callable[[], int],
         watch: Callable[[], None],
         *,
+        settle: Callable[[], int],
         interval: float,
         recover_every: float,
     ) -> None:
         super().__init__(name="tagging-housekeeper", daemon=True)
         self._schedule = schedule
         self._recover = recover
+        self._settle = settle
         self._watch = watch
         self._interval = interval
         self._recover_every = recover_every
@@ -84,6 +86,7 @@ class Housekeeper(threading.Thread):
                 self._watch()
                 while self._schedule.move_due() and not self._stopped.is_set():
                     pass
+                self._settle()
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self._recover_every
                     if recovered := self._recover():

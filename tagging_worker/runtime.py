@@ -58,6 +58,8 @@ class Runtime:
             self.keys,
             max_records=self.settings.dead_letter_max_records,
             max_event_bytes=self.settings.dead_letter_max_raw_bytes,
+            fate_ttl=self.settings.fate_ttl_seconds,
+            version_ttl=self.settings.version_ttl_seconds,
         )
 
     @cached_property
@@ -68,6 +70,7 @@ class Runtime:
             queue=self.settings.queue,
             version_ttl=self.settings.version_ttl_seconds,
             fate_ttl=self.settings.fate_ttl_seconds,
+            settle_ms=int(self.settings.settle_seconds * 1000),
         )
 
     @cached_property

@@ -63,6 +63,15 @@ def dead_letter(record_id: str, call_id: object, reason: str, code: str, detail:
         sentry_sdk.capture_message(f"dead letter: {reason} ({code})", level="error")
 
 
+def repair_failed(call_id: str, code: str, message: str) -> None:
+    with sentry_sdk.new_scope() as scope:
+        scope.fingerprint = ["repair-failed", code]
+        scope.set_tag("error_code", code)
+        scope.set_extra("call_id", call_id)
+        scope.set_extra("detail", message)
+        sentry_sdk.capture_message(f"repair refused: {code}", level="error")
+
+
 def circuit_opened(kind: str, code: str, message: str) -> None:
     with sentry_sdk.new_scope() as scope:
         scope.fingerprint = ["circuit-open", kind, code]

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tagging_worker.classify import FailureKind, parse_overrides
-from tagging_worker.event import EventLimits
+from tagging_worker.event import MAX_CALL_ID_LENGTH, EventLimits
 from tagging_worker.logs import LogFormat
 
 ENV_PREFIX = "TAGGING_"
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TAGGING_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
     )
 
-    max_call_id_length: int = Field(default=128, ge=1, le=4096)
+    max_call_id_length: int = Field(default=128, ge=1, le=MAX_CALL_ID_LENGTH)
     max_tags: int = Field(default=100, ge=1, le=10_000)
     max_tag_length: int = Field(default=64, ge=1, le=4096)
 
@@ -182,6 +182,14 @@ class Settings(BaseSettings):
         ge=60,
         description="How long an event's outcome is remembered to recognise redeliveries.",
     )
+    settle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How long after a request whose outcome is unknown (a timeout, a dropped "
+        "connection, a gateway error) the API may still apply it. When that has passed and a "
+        "newer version was applied meanwhile, the newer tags are written again.",
+    )
     visibility_timeout_seconds: int = Field(
         default=300,
         ge=5,
@@ -203,6 +211,23 @@ class Settings(BaseSettings):
                 "TAGGING_BROKER_URL is a sentinel:// URL: set TAGGING_REDIS_SENTINEL_MASTER "
                 "to the name of the master"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _versions_outlive_events(self) -> Settings:
+        """A version or a fate forgotten while a copy of its event can still arrive would let
+        that copy regress the call or count twice."""
+        floor = self.event_max_age_seconds + self.settle_seconds + self.visibility_timeout_seconds
+        for name, value in (
+            ("TAGGING_VERSION_TTL_SECONDS", self.version_ttl_seconds),
+            ("TAGGING_FATE_TTL_SECONDS", self.fate_ttl_seconds),
+        ):
+            if value < floor:
+                raise ValueError(
+                    f"{name} ({value}) must be at least TAGGING_EVENT_MAX_AGE_SECONDS + "
+                    "TAGGING_SETTLE_SECONDS + TAGGING_VISIBILITY_TIMEOUT_SECONDS "
+                    f"({floor:.0f}): an event can arrive again until then"
+                )
         return self
 
     @model_validator(mode="after")

@@ -6,23 +6,29 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 from celery import shared_task
 from celery.exceptions import Reject
 
-from tagging_worker import observe
-from tagging_worker.api import ApiFailure, ApiSuccess
+from tagging_worker import failpoints, observe
+from tagging_worker.api import ApiFailure, ApiResult, ApiSuccess
 from tagging_worker.backoff import GiveUp, RetryIn, compute_delay, next_step
 from tagging_worker.classify import FailureKind
-from tagging_worker.dead_letters import Attempt
-from tagging_worker.event import InvalidEvent, TagUpdate, validate_event
-from tagging_worker.flow import Hold, Verdict, signal_of, spread, uses_attempt
+from tagging_worker.event import (
+    MAX_CALL_ID_LENGTH,
+    MAX_EVENT_ID_LENGTH,
+    InvalidEvent,
+    TagUpdate,
+    validate_event,
+)
+from tagging_worker.flow import Go, Hold, Verdict, signal_of, spread, uses_attempt
 from tagging_worker.messages import TASK_NAME, build_task_message
 from tagging_worker.ordering import Begin, lease_ms_for
 from tagging_worker.outcomes import Outcome
+from tagging_worker.retry_state import RetryState
 from tagging_worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
     rt = get_runtime()
     task_id = self.request.id
     try:
+        if not args and set(kwargs) == {"settle"} and isinstance(kwargs["settle"], str):
+            return settle_call(rt, kwargs["settle"])
         if len(args) != 1 or set(kwargs) - {"retry_state"}:
             state = RetryState(
                 received={"args": list(args), "kwargs": kwargs}, first_seen=time.time()
@@ -48,100 +56,103 @@ def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
             )
             return _bury(rt, state, None, "invalid_event", detail, task_id=task_id).value
         event, carried = args[0], kwargs.get("retry_state")
+        progress = Progress(token=uuid.uuid4().hex)
         try:
-            return process(rt, event, carried, task_id=task_id)
+            return process(rt, event, carried, task_id=task_id, progress=progress)
         except redis.RedisError:
             raise
         except Exception as exc:
             log.exception("internal error while processing task %s", task_id)
-            state = RetryState.resume(carried, event, time.time())
-            update = _validated_or_none(rt, event, task_id)
-            detail = f"{type(exc).__name__}: {exc}"
-            return _bury(rt, state, update, "internal_error", detail, task_id=task_id).value
+            return _after_internal_error(rt, event, carried, exc, task_id=task_id, p=progress)
     except redis.RedisError as exc:
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
 
 
-@dataclass(frozen=True)
-class RetryState:
-    """What an event carries from one attempt to the next, inside its own message."""
+@dataclass
+class Progress:
+    """How far one delivery got, so an unexpected error is handled for what it interrupted."""
 
-    received: Any
-    first_seen: float
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def resume(cls, carried: dict[str, Any] | None, raw: Any, now: float) -> RetryState:
-        if not carried:
-            return cls(received=raw, first_seen=now)
-        return cls(
-            received=carried.get("received", raw),
-            first_seen=float(carried.get("first_seen", now)),
-            attempts=list(carried.get("attempts", [])),
-        )
-
-    @property
-    def attempts_used(self) -> int:
-        """Attempts that count against the event's limit."""
-        return sum(1 for attempt in self.attempts if attempt.get("charged", True))
-
-    def after(self, failure: ApiFailure, at: float, *, charged: bool) -> RetryState:
-        attempt = Attempt(
-            at=at,
-            code=failure.code,
-            message=failure.message,
-            http_status=failure.http_status,
-            request_id=failure.request_id,
-            kind=failure.kind.value,
-            charged=charged,
-        )
-        return RetryState(self.received, self.first_seen, [*self.attempts, attempt.as_dict()])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "first_seen": self.first_seen, "attempts": self.attempts}
+    token: str
+    update: TagUpdate | None = None
+    applied: bool = False
+    """The API answered with success: the event must not be dead-lettered after that."""
 
 
-def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: str) -> str:
+def process(
+    rt: Runtime,
+    raw: Any,
+    carried: dict[str, Any] | None,
+    *,
+    task_id: str,
+    progress: Progress,
+) -> str:
     """Returns the outcome, or what happened on the way to one (retried, parked, ...)."""
     now = time.time()
     state = RetryState.resume(carried, raw, now)
     try:
-        update = validate_event(
-            raw,
-            limits=rt.settings.event_limits,
-            default_version=int(now * 1000),
-            default_event_id=task_id,
-        )
+        update = _validated(rt, raw, task_id)
     except InvalidEvent as exc:
         return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id).value
-
-    token = uuid.uuid4().hex
+    progress.update = update
+    token = progress.token
     step = rt.ordering.begin(
         update.call_id,
         update.version,
         update.event_id,
         _message(rt, update, state),
         token=token,
-        lease_ms=lease_ms_for(
-            rt.settings.api_connect_timeout_ms,
-            rt.settings.api_read_timeout_ms,
-            int(rt.settings.api_rate_max_wait_seconds * 1000),
-        ),
+        lease_ms=_lease_ms(rt),
     )
     if step is Begin.BUSY:
         _later(rt, update, state, random.uniform(*BUSY_WAIT_SECONDS))
         return step.value
     if step is not Begin.GO:
+        if step is Begin.PARKED:
+            failpoints.hit(failpoints.AFTER_PARK)
         observe.skipped(update.call_id, update.event_id, update.version, step.value)
         return step.value
 
     admission = rt.flow.admit(token)
     if isinstance(admission, Hold):
         return _hold(rt, state, update, admission, now, task_id=task_id, token=token)
+    result, verdict = call_api(rt, token, admission, update.call_id, update.tags_json)
+    if isinstance(result, ApiSuccess):
+        progress.applied = True
+        failpoints.hit(failpoints.AFTER_API_SUCCESS)
+        recorded = rt.ordering.applied(
+            update.call_id, update.version, update.event_id, update.tags_json, token=token
+        )
+        if recorded.repair:
+            observe.landed_on_newer(update.call_id, update.event_id, update.version)
+        observe.applied(
+            update.call_id, update.event_id, update.version, state.attempts_made + 1, result
+        )
+        failpoints.hit(failpoints.BEFORE_ACK)
+        return (recorded.fate or Outcome.APPLIED).value
+
+    if result.maybe_applied:
+        failpoints.hit(failpoints.AFTER_API_UNKNOWN)
+        observe.maybe_applied(update.call_id, update.version, result)
+    state = state.after(result, now, charged=uses_attempt(result.kind, verdict))
+    detail = f"{result.code}: {result.message}"
+    if result.kind is FailureKind.PERMANENT:
+        return _bury(
+            rt, state, update, "permanent_error", detail, task_id=task_id, token=token, last=result
+        ).value
+    return _retry_or_bury(
+        rt, state, update, result, verdict, detail, now, task_id=task_id, token=token
+    )
+
+
+def call_api(
+    rt: Runtime, token: str, admission: Go, call_id: str, tags_json: str
+) -> tuple[ApiResult, Verdict]:
+    """One request within the shared budget, its answer fed to the adaptive pace and the
+    circuit."""
     if admission.wait:
         time.sleep(admission.wait)
     observe.waited_for_slot(admission.wait)
-    result = rt.api.update_tags(update.call_id, update.tags_json)
+    result = rt.api.update_tags(call_id, tags_json)
     observe.api_called(result)
     failed = isinstance(result, ApiFailure)
     verdict = rt.flow.record(
@@ -152,22 +163,35 @@ def process(rt: Runtime, raw: Any, carried: dict[str, Any] | None, *, task_id: s
     )
     if verdict.transition:
         observe.circuit_changed(verdict, result, rt.flow.policy)
-    if isinstance(result, ApiSuccess):
-        rt.ordering.applied(update.call_id, update.version, update.event_id, token=token)
-        observe.applied(
-            update.call_id, update.event_id, update.version, len(state.attempts) + 1, result
-        )
-        return Outcome.APPLIED.value
+    return result, verdict
 
-    state = state.after(result, now, charged=uses_attempt(result.kind, verdict))
-    detail = f"{result.code}: {result.message}"
+
+def settle_call(rt: Runtime, call_id: str) -> str:
+    """Once no write of unknown outcome can land any more: if one may have landed over the
+    call's applied version, write that version's tags again. A check that cannot finish now
+    (busy, held, failed) is simply dropped: the call stays due and is claimed again later."""
+    token = uuid.uuid4().hex
+    checked_ms = int(time.time() * 1000)
+    step, repair = rt.ordering.settle(call_id, token=token, lease_ms=_lease_ms(rt))
+    if repair is None:
+        return f"settle_{step.value}"
+    admission = rt.flow.admit(token)
+    if isinstance(admission, Hold):
+        rt.ordering.release(call_id, token=token, version=repair.version)
+        return "settle_held"
+    result, _ = call_api(rt, token, admission, call_id, repair.tags_json)
+    if isinstance(result, ApiSuccess):
+        rt.ordering.repaired(call_id, repair, checked_ms=checked_ms, token=token)
+        observe.repaired(call_id, repair.version)
+        return Outcome.REPAIRED.value
     if result.kind is FailureKind.PERMANENT:
-        return _bury(
-            rt, state, update, "permanent_error", detail, task_id=task_id, token=token
-        ).value
-    return _retry_or_bury(
-        rt, state, update, result, verdict, detail, now, task_id=task_id, token=token
+        rt.ordering.repaired(call_id, repair, checked_ms=checked_ms, token=token, failed=True)
+        observe.repair_failed(call_id, repair.version, result)
+        return Outcome.REPAIR_FAILED.value
+    rt.ordering.release(
+        call_id, token=token, version=None if result.maybe_applied else repair.version
     )
+    return "settle_retried"
 
 
 def _hold(
@@ -189,8 +213,10 @@ def _hold(
             if hold.circuit_open
             else "waited for the API budget (TAGGING_API_RATE_LIMIT) until its maximum age"
         )
-        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
-    rt.ordering.release(update.call_id, token=token)
+        return _bury(
+            rt, state, update, step.reason, detail, task_id=task_id, token=token, sent=False
+        ).value
+    rt.ordering.release(update.call_id, token=token, version=update.version)
     _later(rt, update, state, step.delay)
     rt.outcomes.add(Outcome.HELD)
     observe.held(update.call_id, update.event_id, hold, step.delay)
@@ -211,7 +237,7 @@ def _retry_or_bury(
 ) -> str:
     s = rt.settings
     delay = compute_delay(
-        len(state.attempts),
+        state.attempts_made,
         base=s.retry_base_seconds,
         factor=s.retry_factor,
         cap=s.retry_cap_seconds,
@@ -221,15 +247,19 @@ def _retry_or_bury(
         delay = max(delay, spread(verdict.wait))
     step = _next_step(rt, state, now, delay)
     if isinstance(step, GiveUp):
-        return _bury(rt, state, update, step.reason, detail, task_id=task_id, token=token).value
-    rt.ordering.release(update.call_id, token=token)
+        return _bury(
+            rt, state, update, step.reason, detail, task_id=task_id, token=token, last=failure
+        ).value
+    rt.ordering.release(
+        update.call_id, token=token, version=None if failure.maybe_applied else update.version
+    )
     _later(rt, update, state, step.delay)
     rt.outcomes.add(Outcome.RETRIED)
     observe.retrying(
         update.call_id,
         update.event_id,
         update.version,
-        len(state.attempts),
+        state.attempts_made,
         failure,
         step.delay,
         state.attempts_used,
@@ -258,39 +288,85 @@ def _bury(
     *,
     task_id: str,
     token: str = "",
+    last: ApiFailure | None = None,
+    sent: bool = True,
 ) -> Outcome:
-    """Dead-letter under the event's id (the task's for an invalid event), so a redelivered
-    message replaces its record instead of adding a second one; then record the fate, which
-    may put back an older event of the call that this one had held back."""
-    record_id = update.event_id if update else task_id
-    trimmed = rt.dead_letters.add(
+    """Dead-letter the event with its fate in one step, under its event id (taken from the
+    raw event when it is not valid here, so the publisher's registration is cleared too); this
+    may put back an older event of the call that this one had held back. `last` is the answer
+    to the request it just made, `sent` False when it made none: either way, a request that
+    can no longer land is not left in doubt."""
+    record_id, call_id = _identity(update, state.received, task_id)
+    version = update.version if update else None
+    record = rt.dead_letters.prepare(
         record_id=record_id,
         reason=reason,
         detail=detail,
         event=state.received,
         normalized=update.as_event() if update else None,
         attempts=state.attempts,
+        attempt_counts=state.counts,
         first_seen=state.first_seen,
         task_id=task_id,
+        applied_version=rt.ordering.applied_version(call_id) if call_id else None,
     )
-    if update is None:
-        rt.ordering.finish(record_id, Outcome.DEAD)
+    definite = not sent or (last is not None and not last.maybe_applied)
+    if call_id is None:
+        rt.ordering.finish(record_id, Outcome.DEAD, record)
     else:
-        if rt.ordering.dead(update.call_id, update.event_id, token=token) == "resurrected":
-            observe.resurrected(update.call_id)
-    call_id = update.call_id if update else _peek(state.received, "call_id")
+        fate = rt.ordering.dead(
+            call_id, record_id, record, token=token, version=version if definite else None
+        )
+        if fate == "duplicate":
+            return Outcome.DEAD
+        if fate == "resurrected":
+            observe.resurrected(call_id)
     observe.dead(
         record_id,
         call_id,
         reason,
         detail,
-        attempts=len(state.attempts),
+        attempts=state.attempts_made,
         code=state.attempts[-1]["code"] if state.attempts else None,
-        version=update.version if update else None,
+        version=version,
     )
-    if trimmed:
+    if trimmed := rt.dead_letters.trim():
         observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
     return Outcome.DEAD
+
+
+def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, str | None]:
+    """The event id and call of an event, even one that is not valid here (a producer with
+    other limits accepted it): its registration and journal live under those."""
+    if update is not None:
+        return update.event_id, update.call_id
+    event_id, call_id = _peek(raw, "event_id"), _peek(raw, "call_id")
+    usable = isinstance(event_id, str) and 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
+    known = isinstance(call_id, str) and 0 < len(call_id) <= MAX_CALL_ID_LENGTH
+    return (event_id if usable else task_id), (call_id if known and usable else None)
+
+
+def _after_internal_error(
+    rt: Runtime,
+    event: Any,
+    carried: dict[str, Any] | None,
+    exc: Exception,
+    *,
+    task_id: str,
+    p: Progress,
+) -> str:
+    """A bug, not the event's fault. If the API had already applied the event, record that
+    (dead-lettering it would put older held-back events back over it); otherwise dead-letter
+    it, giving up its lease."""
+    update = p.update or _validated_or_none(rt, event, task_id)
+    if p.applied and update is not None:
+        recorded = rt.ordering.applied(
+            update.call_id, update.version, update.event_id, update.tags_json, token=p.token
+        )
+        return (recorded.fate or Outcome.APPLIED).value
+    state = RetryState.resume(carried, event, time.time())
+    detail = f"{type(exc).__name__}: {exc}"
+    return _bury(rt, state, update, "internal_error", detail, task_id=task_id, token=p.token).value
 
 
 def _message(
@@ -313,16 +389,32 @@ def _later(rt: Runtime, update: TagUpdate, state: RetryState, delay: float) -> N
     rt.ordering.track(update.event_id, message, enqueued_at_ms=due_ms)
 
 
+def _validated(rt: Runtime, raw: Any, task_id: str) -> TagUpdate:
+    """The event as the worker's limits accept it; one that came without a version gets its
+    place in the call's order at first receipt, kept for every later copy."""
+    update = validate_event(
+        raw, limits=rt.settings.event_limits, default_version=0, default_event_id=task_id
+    )
+    if _peek(raw, "version") is None:
+        version = rt.ordering.version_at_receipt(update.call_id, update.event_id)
+        update = replace(update, version=version)
+    return update
+
+
 def _validated_or_none(rt: Runtime, raw: Any, task_id: str) -> TagUpdate | None:
     try:
-        return validate_event(
-            raw,
-            limits=rt.settings.event_limits,
-            default_version=int(time.time() * 1000),
-            default_event_id=task_id,
-        )
+        return _validated(rt, raw, task_id)
     except InvalidEvent:
         return None
+
+
+def _lease_ms(rt: Runtime) -> int:
+    s = rt.settings
+    return lease_ms_for(
+        s.api_connect_timeout_ms,
+        s.api_read_timeout_ms,
+        int(s.api_rate_max_wait_seconds * 1000),
+    )
 
 
 def _peek(event: Any, name: str) -> Any:

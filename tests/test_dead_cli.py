@@ -186,7 +186,7 @@ def test_export_then_import_moves_dead_letters_to_another_environment(
     other = {**worker_env, "TAGGING_KEY_PREFIX": f"{worker_env['TAGGING_KEY_PREFIX']}-other"}
     try:
         summary = _json(other, "dead", "import", str(dump), "--json")
-        assert summary == {"imported": 2, "skipped": 0, "bad_lines": []}
+        assert summary == {"imported": 2, "skipped": 0, "settled": 0, "bad_lines": []}
         again = _json(other, "dead", "import", str(dump), "--json")
         assert again["skipped"] == 2
         moved = _json(other, "dead", "list", "--json")

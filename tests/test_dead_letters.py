@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tagging_worker.dead_filter import DeadFilter
-from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict
+from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, Restored
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
 from tests.conftest import queued_event_ids
@@ -198,10 +198,10 @@ def test_restored_records_keep_their_id_and_time_and_do_not_overwrite_by_default
 ) -> None:
     _add_failed(store, "e1", "X")
     exported = store.get("e1")
-    assert not store.restore({**exported, "detail": "changed"}, replace=False)
+    assert store.restore({**exported, "detail": "changed"}, replace=False) is Restored.EXISTS
     assert store.get("e1")["detail"] == "X: no"
     store.delete("e1")
-    assert store.restore(exported, replace=False)
+    assert store.restore(exported, replace=False) is Restored.STORED
     assert store.get("e1") == exported
     assert store.count_by_code() == {"X": 1}
     with pytest.raises(ValueError):

@@ -12,9 +12,10 @@ from collections import defaultdict
 import pytest
 import redis
 
+from tagging_worker.dead_letters import DeadLetterStore, Restored
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
-from tagging_worker.ordering import Begin, Ordering
+from tagging_worker.ordering import Begin, Ordering, Recorded, Repair, Settle
 from tagging_worker.outcomes import Outcome, OutcomeCounters
 from tests.conftest import queued_event_ids
 
@@ -39,11 +40,33 @@ def _begin(ordering: Ordering, version: int, event_id: str, token: str = "t") ->
     )
 
 
+def _applied(ordering: Ordering, version: int, event_id: str, token: str = "t") -> bool:
+    """Record a success of `version` on call-1; True if it gave the event its fate."""
+    recorded = ordering.applied("call-1", version, event_id, f'["v{version}"]', token=token)
+    return recorded.fate is not None
+
+
+def _dead(ordering: Ordering, event_id: str, token: str) -> str:
+    store = DeadLetterStore(ordering.client, ordering.keys, max_records=100)
+    event = {"call_id": "call-1", "tags": ["x"], "event_id": event_id}
+    record = store.prepare(
+        record_id=event_id,
+        reason="permanent_error",
+        detail="InvalidParameter: no",
+        event=event,
+        normalized=None,
+        attempts=[],
+        first_seen=0.0,
+        task_id="t",
+    )
+    return ordering.dead("call-1", event_id, record, token=token)
+
+
 def test_older_version_never_overwrites_newer(
     ordering: Ordering, counters: OutcomeCounters
 ) -> None:
     assert _begin(ordering, 6, "e6") is Begin.GO
-    assert ordering.applied("call-1", 6, "e6", token="t")
+    assert _applied(ordering, 6, "e6", token="t")
 
     assert _begin(ordering, 5, "e5") is Begin.STALE
     assert _begin(ordering, 6, "e6-again") is Begin.STALE
@@ -64,10 +87,10 @@ def test_a_second_writer_waits_while_the_lease_is_held(ordering: Ordering) -> No
 
 def test_a_redelivered_event_is_recognised_as_a_duplicate(ordering: Ordering) -> None:
     assert _begin(ordering, 1, "e1") is Begin.GO
-    assert ordering.applied("call-1", 1, "e1", token="t")
+    assert _applied(ordering, 1, "e1", token="t")
 
     assert _begin(ordering, 1, "e1") is Begin.DUPLICATE
-    assert not ordering.applied("call-1", 1, "e1", token="t")
+    assert not _applied(ordering, 1, "e1", token="t")
 
 
 def test_an_event_older_than_a_pending_one_is_parked_then_superseded_when_that_applies(
@@ -77,7 +100,7 @@ def test_an_event_older_than_a_pending_one_is_parked_then_superseded_when_that_a
     assert _begin(ordering, 4, "e4") is Begin.PARKED
 
     assert _begin(ordering, 9, "e9") is Begin.GO
-    ordering.applied("call-1", 9, "e9", token="t")
+    _applied(ordering, 9, "e9", token="t")
 
     assert ordering.fate("e4") == "superseded"
     assert counters.snapshot()["superseded"] == 1
@@ -93,11 +116,11 @@ def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
     redis_client.delete(namespace)  # the queue: only what the ordering puts back matters here
 
     assert _begin(ordering, 9, "e9", token="x") is Begin.GO
-    assert ordering.dead("call-1", "e9", token="x") == "resurrected"
+    assert _dead(ordering, "e9", "x") == "resurrected"
 
     assert queued_event_ids(redis_client, namespace) == ["e7"]
     assert _begin(ordering, 7, "e7") is Begin.GO  # e4 is still parked behind it
-    ordering.applied("call-1", 7, "e7", token="t")
+    _applied(ordering, 7, "e7", token="t")
     assert (ordering.fate("e4"), ordering.fate("e7"), ordering.fate("e9")) == (
         "superseded",
         "applied",
@@ -119,8 +142,8 @@ def test_a_redelivered_death_requeues_the_parked_event_only_once(
     assert _begin(ordering, 8, "e8", token="a") is Begin.PARKED
     assert _begin(ordering, 9, "e9", token="b") is Begin.GO
 
-    assert ordering.dead("call-1", "e9", token="b") == "resurrected"
-    assert ordering.dead("call-1", "e9", token="b") == "duplicate"
+    assert _dead(ordering, "e9", "b") == "resurrected"
+    assert _dead(ordering, "e9", "b") == "duplicate"
     assert queued_event_ids(redis_client, namespace) == ["e8"]
 
 
@@ -161,7 +184,7 @@ def test_concurrent_workers_never_apply_an_older_version_after_a_newer_one(
             if step is Begin.GO:
                 with lock:
                     writes[call_id].append(version)
-                ordering.applied(call_id, version, event_id, token=token)
+                ordering.applied(call_id, version, event_id, f'["v{version}"]', token=token)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -208,9 +231,182 @@ def test_messages_on_the_queue_held_by_a_worker_or_finished_are_not_sent_again(
     redis_client.hset("unacked", tag, "[]")
     try:
         assert _begin(ordering, 3, "done") is Begin.GO
-        ordering.applied("call-1", 3, "done", token="t")
+        _applied(ordering, 3, "done", token="t")
 
         assert ordering.recover_lost(grace_ms=0) == 0
         assert queued_event_ids(redis_client, namespace) == ["queued"]
     finally:
         redis_client.hdel("unacked", tag)
+
+
+def _in_doubt_until(ordering: Ordering, call_id: str = "call-1") -> list[tuple[str, float]]:
+    raw = ordering.client.zrange(ordering.keys.unsettled(call_id), 0, -1, withscores=True)
+    return [(member.decode(), score) for member, score in raw]
+
+
+def test_a_write_of_unknown_outcome_is_repaired_once_it_can_no_longer_land(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 times out (the API may apply it later); v2 is applied. When v1 can no longer land,
+    the check writes v2's tags again; before that it waits."""
+    clock = [int(time.time() * 1000)]
+    monkeypatch.setattr("tagging_worker.ordering._now_ms", lambda: clock[0])
+    assert _begin(ordering, 1, "e1", token="a") is Begin.GO
+    ordering.release("call-1", token="a")  # no version: the request stays in doubt
+    assert _begin(ordering, 2, "e2", token="b") is Begin.GO
+    assert _applied(ordering, 2, "e2", token="b")
+
+    assert ordering.settle("call-1", token="c", lease_ms=1000) == (Settle.WAIT, None)
+    assert ordering.queue_due_settles() == 0
+    clock[0] += 10_000 + 60_000 + 1
+    assert ordering.queue_due_settles() == 1
+    step, repair = ordering.settle("call-1", token="c", lease_ms=1000)
+    assert step is Settle.GO and repair == Repair(version=2, tags_json='["v2"]')
+    assert _begin(ordering, 3, "e3", token="d") is Begin.BUSY  # the repair holds the lease
+    ordering.repaired("call-1", repair, checked_ms=clock[0], token="c")
+
+    assert _in_doubt_until(ordering) == []
+    assert redis_client.zscore(ordering.keys.settle_index, "call-1") is None
+    assert OutcomeCounters(redis_client, ordering.keys).snapshot()["repaired"] == 1
+
+
+def test_a_definite_answer_leaves_nothing_in_doubt_and_needs_no_repair(
+    ordering: Ordering, redis_client: redis.Redis
+) -> None:
+    assert _begin(ordering, 1, "e1", token="a") is Begin.GO
+    ordering.release("call-1", token="a", version=1)  # a refusal: it will never land
+    assert _begin(ordering, 1, "e1", token="b") is Begin.GO
+    assert _applied(ordering, 1, "e1", token="b")
+    assert _begin(ordering, 2, "e2", token="c") is Begin.GO
+    assert _applied(ordering, 2, "e2", token="c")
+
+    assert _in_doubt_until(ordering) == []
+    assert redis_client.zscore(ordering.keys.settle_index, "call-1") is None
+
+
+def test_a_success_that_lands_on_a_newer_version_is_stale_and_asks_for_a_repair_at_once(
+    ordering: Ordering, redis_client: redis.Redis
+) -> None:
+    """The lease of v1's worker ran out mid-call; v2 was applied; then v1's write landed."""
+    assert _begin(ordering, 1, "e1", token="a") is Begin.GO
+    redis_client.delete(ordering.keys.lease("call-1"))
+    assert _begin(ordering, 2, "e2", token="b") is Begin.GO
+    assert _applied(ordering, 2, "e2", token="b")
+
+    recorded = ordering.applied("call-1", 1, "e1", '["v1"]', token="a")
+
+    assert recorded == Recorded(fate=Outcome.STALE, repair=True)
+    assert ordering.applied_version("call-1") == 2
+    step, repair = ordering.settle("call-1", token="c", lease_ms=1000)
+    assert step is Settle.GO and repair == Repair(version=2, tags_json='["v2"]')
+
+
+def test_a_duplicate_of_a_parked_event_is_parked_once_and_ends_applied_when_put_back(
+    ordering: Ordering, counters: OutcomeCounters, redis_client: redis.Redis, namespace: str
+) -> None:
+    for version in (2, 3, 5):
+        ordering.publish("call-1", version, f"e{version}", _message(f"e{version}"))
+    redis_client.delete(namespace)
+    assert _begin(ordering, 2, "e2") is Begin.PARKED
+    assert _begin(ordering, 3, "e3") is Begin.PARKED
+    assert _begin(ordering, 3, "e3") is Begin.PARKED  # the producer published it twice
+    assert redis_client.zcard(ordering.keys.parked("call-1")) == 2
+
+    assert _begin(ordering, 5, "e5", token="x") is Begin.GO
+    assert _dead(ordering, "e5", "x") == "resurrected"
+    assert queued_event_ids(redis_client, namespace) == ["e3"]
+    assert _begin(ordering, 3, "e3", token="y") is Begin.GO
+    assert _applied(ordering, 3, "e3", token="y")
+
+    assert [ordering.fate(e) for e in ("e2", "e3", "e5")] == ["superseded", "applied", "dead"]
+    assert {k: v for k, v in counters.snapshot().items() if v} == {
+        "applied": 1,
+        "superseded": 1,
+        "dead": 1,
+    }
+
+
+def test_default_versions_never_tie_within_a_batch_or_across_publishers(
+    ordering: Ordering,
+) -> None:
+    first = ordering.default_versions(["call-1"] * 500 + ["call-2"])
+    second = ordering.default_versions(["call-1"])
+    assert first[:500] == sorted(set(first[:500]))
+    assert second[0] > first[499]
+    assert abs(first[0] - time.time() * 1000) < 60_000  # still the clock, in milliseconds
+
+
+def test_a_version_given_at_receipt_is_kept_for_every_later_copy(ordering: Ordering) -> None:
+    first = ordering.version_at_receipt("call-1", "e1")
+    later = ordering.version_at_receipt("call-1", "e2")
+    assert ordering.version_at_receipt("call-1", "e1") == first < later
+
+
+def test_a_calls_version_outlives_its_dead_letters_and_then_expires_again(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    store = DeadLetterStore(redis_client, Keys(namespace), max_records=100, version_ttl=600)
+    assert _begin(ordering, 5, "e5") is Begin.GO
+    assert _applied(ordering, 5, "e5")
+    assert redis_client.ttl(ordering.keys.applied("call-1")) > 0
+    assert _begin(ordering, 6, "e6", token="x") is Begin.GO
+    assert _dead(ordering, "e6", "x") == "dead"
+    assert redis_client.ttl(ordering.keys.applied("call-1")) == -1  # kept while e6 is dead
+
+    assert store.delete("e6")
+    assert redis_client.ttl(ordering.keys.applied("call-1")) > 0
+
+
+def test_a_replay_after_redis_forgot_the_calls_version_cannot_regress_it(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    """v3 died while v5 was applied; Redis then lost v5 (a restore from an old backup, an
+    import into a new environment): the replayed v3 ends stale, not applied."""
+    store = DeadLetterStore(redis_client, Keys(namespace), max_records=100)
+    assert _begin(ordering, 5, "e5") is Begin.GO
+    assert _applied(ordering, 5, "e5")
+    assert _begin(ordering, 3, "e3", token="x") is Begin.STALE
+    event = {"call_id": "call-1", "tags": ["v3"], "version": 3, "event_id": "e3b"}
+    record = store.prepare(
+        record_id="e3b",
+        reason="permanent_error",
+        detail="InvalidParameter: no",
+        event=event,
+        normalized=event,
+        attempts=[],
+        first_seen=0.0,
+        task_id="t",
+        applied_version=ordering.applied_version("call-1"),
+    )
+    assert ordering.finish("e3b", Outcome.DEAD, record)
+    redis_client.delete(ordering.keys.applied("call-1"), ordering.keys.tags("call-1"))
+
+    assert store.replay("e3b", queue=namespace, build_message=lambda e: _message(e["event_id"]))
+    assert ordering.applied_version("call-1") == 5
+    assert _begin(ordering, 3, "e3b") is Begin.STALE
+
+
+def test_an_import_of_a_record_whose_event_finished_since_is_refused(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str, counters: OutcomeCounters
+) -> None:
+    store = DeadLetterStore(redis_client, Keys(namespace), max_records=100)
+    assert _begin(ordering, 6, "e6", token="x") is Begin.GO
+    assert _dead(ordering, "e6", "x") == "dead"
+    exported = store.get("e6")
+    assert store.replay("e6", queue=namespace, build_message=lambda e: _message("e6"))
+    assert _begin(ordering, 6, "e6", token="y") is Begin.GO
+    assert _applied(ordering, 6, "e6", token="y")
+
+    assert store.restore(exported, replace=False) is Restored.SETTLED
+    assert store.count() == 0
+    assert counters.snapshot()["applied"] == 1 and counters.snapshot()["dead"] == 0
+
+
+def test_an_imported_record_counts_its_event_once(
+    redis_client: redis.Redis, namespace: str, counters: OutcomeCounters
+) -> None:
+    store = DeadLetterStore(redis_client, Keys(namespace), max_records=100)
+    record = {"id": "e9", "reason": "permanent_error", "call_id": "call-1", "died_at": 1.0}
+    assert store.restore(record, replace=False) is Restored.STORED
+    assert store.restore(record, replace=True) is Restored.STORED
+    assert counters.snapshot()["dead"] == 1
