@@ -549,16 +549,7 @@ class Ordering:
         k = self.keys
         fate, repair = self._applied(
             keys=[
-                k.applied(call_id),
-                k.tags(call_id),
-                k.pending(call_id),
-                k.parked(call_id),
-                k.parked_messages(call_id),
-                k.lease(call_id),
-                k.fate(event_id),
-                k.outcomes,
-                k.journal(event_id),
-                k.journal_index,
+                *self._event_keys(call_id, event_id),
                 k.unsettled(call_id),
                 k.dead_by_call(call_id),
                 k.settle_index,
@@ -651,16 +642,7 @@ class Ordering:
         k = self.keys
         return self._dead(
             keys=[
-                k.applied(call_id),
-                k.tags(call_id),
-                k.pending(call_id),
-                k.parked(call_id),
-                k.parked_messages(call_id),
-                k.lease(call_id),
-                k.fate(event_id),
-                k.outcomes,
-                k.journal(event_id),
-                k.journal_index,
+                *self._event_keys(call_id, event_id),
                 self.queue,
                 k.unsettled(call_id),
                 k.settle_index,
@@ -747,6 +729,22 @@ class Ordering:
             keys=[k.lease(call_id), k.unsettled(call_id), k.settle_index],
             args=[token, in_doubt(version, token) if version is not None else "", call_id],
         )
+
+    def _event_keys(self, call_id: str, event_id: str) -> list[str]:
+        """What recording an event's end touches first, in the order its scripts number them."""
+        k = self.keys
+        return [
+            k.applied(call_id),
+            k.tags(call_id),
+            k.pending(call_id),
+            k.parked(call_id),
+            k.parked_messages(call_id),
+            k.lease(call_id),
+            k.fate(event_id),
+            k.outcomes,
+            k.journal(event_id),
+            k.journal_index,
+        ]
 
     def applied_version(self, call_id: str) -> int | None:
         raw = self.client.get(self.keys.applied(call_id))
