@@ -59,7 +59,7 @@ def test_an_older_write_the_api_applies_after_the_client_gave_up_is_repaired(
     late = answers.index((["old"], "OK-LATE"))
     assert (["new"], "OK") in answers[:late] and answers[-1] == (["new"], "OK")
     assert runtime.ordering.fate(new) == "applied"
-    assert runtime.ordering.fate(old) in ("applied", "superseded")  # its retry may come late
+    assert runtime.ordering.fate(old) in ("applied", "superseded", "stale")  # retries race v2
 
 
 def test_a_duplicate_of_a_held_back_event_never_costs_the_older_event_its_turn(
