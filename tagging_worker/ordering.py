@@ -123,6 +123,35 @@ local function reindex(unsettled, index, call)
 end
 """
 
+# Members of `unsettled` are "<version>:<writer's token>:<event id>" (no event for a repair,
+# which writes a version already applied). An entry whose event has no fate yet is that
+# event's business: it will be written again or die. A newer one may have landed, so nothing
+# older may be written meanwhile; it is settled only once its event has finished.
+_IN_DOUBT = """
+local function entry(member)
+  local v, event = string.match(member, '^([^:]*):[^:]*:(.*)$')
+  return v, event
+end
+local function finished(event, fate_prefix)
+  return event == '' or redis.call('EXISTS', fate_prefix .. event) == 1
+end
+local function newer_in_doubt(unsettled, version, fate_prefix)
+  for _, member in ipairs(redis.call('ZRANGE', unsettled, 0, -1)) do
+    local v, event = entry(member)
+    if tonumber(v) > version and not finished(event, fate_prefix) then return true end
+  end
+  return false
+end
+local function settleable(unsettled, now, fate_prefix)
+  local found = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', unsettled, '-inf', now)) do
+    local _, event = entry(member)
+    if finished(event, fate_prefix) then found[#found + 1] = member end
+  end
+  return found
+end
+"""
+
 _CLOCK = """
 local function next_version(clock, ttl)
   local t = redis.call('TIME')
@@ -170,11 +199,14 @@ return 1
 # KEYS: applied, pending, parked, parked messages, lease, fate, outcomes, journal, index,
 #       unsettled, settle index
 # ARGV: version, event_id, message, token, lease_ms, ttl, fate_ttl, in-doubt member, until_ms,
-#       call_id
+#       call_id, now_ms, fate key prefix
 # GO writes the request down as in doubt before it is sent (until the API can no longer apply
 # it); a definite answer clears it, so a crash right after sending leaves it to be settled.
+# An older event is parked while a newer one is pending, or in doubt with its event unfinished
+# (its worker died right after sending it: the newer may have landed).
 _BEGIN = (
     _FORGET
+    + _IN_DOUBT
     + """
 local id = ARGV[2]
 if redis.call('EXISTS', KEYS[6]) == 1 then
@@ -191,7 +223,8 @@ if v <= tonumber(redis.call('GET', KEYS[1]) or '-1') then
   forget(KEYS[8], KEYS[9], id)
   return 'stale'
 end
-if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf') > 0 then
+if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf') > 0
+   or newer_in_doubt(KEYS[10], v, ARGV[12]) then
   redis.call('ZADD', KEYS[3], v, id)
   redis.call('HSET', KEYS[4], id, ARGV[3])
   redis.call('EXPIRE', KEYS[3], ARGV[6])
@@ -218,6 +251,14 @@ _APPLIED = (
     + _REINDEX
     + """
 local v, id = tonumber(ARGV[1]), ARGV[2]
+if redis.call('GET', KEYS[7]) == 'dead' then
+  -- Dead-lettered meanwhile (another copy was refused), yet this write landed: undo it now.
+  redis.call('ZADD', KEYS[11], ARGV[8], ARGV[10])
+  redis.call('EXPIRE', KEYS[11], ARGV[5])
+  reindex(KEYS[11], KEYS[13], ARGV[9])
+  if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
+  return {'', 1}
+end
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local fate, repair = 'applied', 0
 redis.call('ZREM', KEYS[11], ARGV[10])
@@ -253,25 +294,29 @@ return {fate, repair}
 )
 
 # KEYS: applied, tags, unsettled, lease, settle index
-# ARGV: now_ms, token, lease_ms, call_id, ttl, until_ms (for the repair's own write)
-# Members of `unsettled` are "<version>:<writer's token>".
+# ARGV: now_ms, token, lease_ms, call_id, ttl, until_ms (for the repair's own write), fate key
+#       prefix
+# A repair waits while a newer version than the applied one is in doubt and its event
+# unfinished: writing the applied tags could undo it.
 _SETTLE = (
     _REINDEX
+    + _IN_DOUBT
     + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+local done = settleable(KEYS[3], ARGV[1], ARGV[7])
 local current = redis.call('GET', KEYS[1])
 local tags = redis.call('GET', KEYS[2])
 local stray = false
-for _, member in ipairs(due) do
-  if string.match(member, '^[^:]*') ~= current then stray = true end
+for _, member in ipairs(done) do
+  if entry(member) ~= current then stray = true end
 end
 if stray and current and tags then
+  if newer_in_doubt(KEYS[3], tonumber(current), ARGV[7]) then return {'busy'} end
   if not redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
-  redis.call('ZADD', KEYS[3], ARGV[6], current .. ':' .. ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[6], current .. ':' .. ARGV[2] .. ':')
   redis.call('EXPIRE', KEYS[3], ARGV[5])
   return {'go', current, tags}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+for _, member in ipairs(done) do redis.call('ZREM', KEYS[3], member) end
 reindex(KEYS[3], KEYS[5], ARGV[4])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'wait'} end
 return {'settled'}
@@ -279,13 +324,17 @@ return {'settled'}
 )
 
 # KEYS: unsettled, lease, outcomes, settle index, applied
-# ARGV: checked_ms, token, call_id, version written, counter ('repaired' or 'repair_failed')
+# ARGV: checked_ms, token, call_id, version written, counter ('repaired' or 'repair_failed'),
+#       fate key prefix
 _REPAIRED = (
     _REINDEX
+    + _IN_DOUBT
     + """
-redis.call('ZREM', KEYS[1], ARGV[4] .. ':' .. ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[4] .. ':' .. ARGV[2] .. ':')
 if redis.call('GET', KEYS[5]) == ARGV[4] then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  for _, member in ipairs(settleable(KEYS[1], ARGV[1], ARGV[6])) do
+    redis.call('ZREM', KEYS[1], member)
+  end
 end
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
@@ -512,6 +561,7 @@ class Ordering:
         lease_ms: int,
     ) -> Begin:
         k = self.keys
+        now = _now_ms()
         answer = self._begin(
             keys=[
                 k.applied(call_id),
@@ -534,9 +584,11 @@ class Ordering:
                 lease_ms,
                 self.version_ttl,
                 self.fate_ttl,
-                in_doubt(version, token),
-                _now_ms() + lease_ms + self.settle_ms,
+                in_doubt(version, token, event_id),
+                now + lease_ms + self.settle_ms,
                 call_id,
+                now,
+                k.fate(""),
             ],
         )
         return Begin(answer.decode())
@@ -564,7 +616,7 @@ class Ordering:
                 k.fate(""),
                 _now_ms(),
                 call_id,
-                in_doubt(version, token),
+                in_doubt(version, token, event_id),
             ],
         )
         return Recorded(fate=Outcome(fate.decode()) if fate else None, repair=bool(repair))
@@ -582,7 +634,15 @@ class Ordering:
                 k.lease(call_id),
                 k.settle_index,
             ],
-            args=[now, token, lease_ms, call_id, self.version_ttl, now + lease_ms + self.settle_ms],
+            args=[
+                now,
+                token,
+                lease_ms,
+                call_id,
+                self.version_ttl,
+                now + lease_ms + self.settle_ms,
+                k.fate(""),
+            ],
         )
         step = Settle(answer[0].decode())
         if step is Settle.GO:
@@ -609,6 +669,7 @@ class Ordering:
                 call_id,
                 repair.version,
                 "repair_failed" if failed else "repaired",
+                k.fate(""),
             ],
         )
 
@@ -656,7 +717,7 @@ class Ordering:
                 k.journal(""),
                 _now_ms(),
                 call_id,
-                in_doubt(version, token) if version is not None and token else "",
+                in_doubt(version, token, event_id) if version is not None and token else "",
                 *record.script_args(),
             ],
         ).decode()
@@ -720,14 +781,17 @@ class Ordering:
             recovered += answer == "recovered"
         return recovered
 
-    def release(self, call_id: str, *, token: str, version: int | None = None) -> None:
-        """Give up the call's lease. `version` is given when no request is in doubt any more
-        (none was sent, or it had a definite answer); without it the request stays in doubt
-        until the API can no longer apply it."""
+    def release(
+        self, call_id: str, *, token: str, version: int | None = None, event_id: str = ""
+    ) -> None:
+        """Give up the call's lease. `version` (and the `event_id` it was written for, none for
+        a repair) is given when no request is in doubt any more (none was sent, or it had a
+        definite answer); without it the request stays in doubt."""
         k = self.keys
+        member = in_doubt(version, token, event_id) if version is not None else ""
         self._release(
             keys=[k.lease(call_id), k.unsettled(call_id), k.settle_index],
-            args=[token, in_doubt(version, token) if version is not None else "", call_id],
+            args=[token, member, call_id],
         )
 
     def _event_keys(self, call_id: str, event_id: str) -> list[str]:
@@ -755,9 +819,10 @@ class Ordering:
         return raw.decode() if raw is not None else None
 
 
-def in_doubt(version: int, token: str) -> str:
-    """How a request is written down while its outcome is unknown: its version and writer."""
-    return f"{version}:{token}"
+def in_doubt(version: int, token: str, event_id: str = "") -> str:
+    """How a request is written down while its outcome is unknown: its version, its writer and
+    its event (none for a repair)."""
+    return f"{version}:{token}:{event_id}"
 
 
 def lease_ms_for(connect_timeout_ms: int, read_timeout_ms: int, wait_ms: int = 0) -> int:

@@ -216,7 +216,9 @@ def _hold(
         return _bury(
             rt, state, update, step.reason, detail, task_id=task_id, token=token, sent=False
         ).value
-    rt.ordering.release(update.call_id, token=token, version=update.version)
+    rt.ordering.release(
+        update.call_id, token=token, version=update.version, event_id=update.event_id
+    )
     _later(rt, update, state, step.delay)
     rt.outcomes.add(Outcome.HELD)
     observe.held(update.call_id, update.event_id, hold, step.delay)
@@ -251,7 +253,10 @@ def _retry_or_bury(
             rt, state, update, step.reason, detail, task_id=task_id, token=token, last=failure
         ).value
     rt.ordering.release(
-        update.call_id, token=token, version=None if failure.maybe_applied else update.version
+        update.call_id,
+        token=token,
+        version=None if failure.maybe_applied else update.version,
+        event_id=update.event_id,
     )
     _later(rt, update, state, step.delay)
     rt.outcomes.add(Outcome.RETRIED)

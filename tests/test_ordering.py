@@ -247,14 +247,15 @@ def _in_doubt_until(ordering: Ordering, call_id: str = "call-1") -> list[tuple[s
 def test_a_write_of_unknown_outcome_is_repaired_once_it_can_no_longer_land(
     ordering: Ordering, redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """v1 times out (the API may apply it later); v2 is applied. When v1 can no longer land,
-    the check writes v2's tags again; before that it waits."""
+    """v1 times out (the API may apply it later); v2 is applied and v1's retry ends stale.
+    When v1 can no longer land, the check writes v2's tags again; before that it waits."""
     clock = [int(time.time() * 1000)]
     monkeypatch.setattr("tagging_worker.ordering._now_ms", lambda: clock[0])
     assert _begin(ordering, 1, "e1", token="a") is Begin.GO
     ordering.release("call-1", token="a")  # no version: the request stays in doubt
     assert _begin(ordering, 2, "e2", token="b") is Begin.GO
     assert _applied(ordering, 2, "e2", token="b")
+    assert _begin(ordering, 1, "e1", token="a2") is Begin.STALE  # v1's retry
 
     assert ordering.settle("call-1", token="c", lease_ms=1000) == (Settle.WAIT, None)
     assert ordering.queue_due_settles() == 0
@@ -274,7 +275,7 @@ def test_a_definite_answer_leaves_nothing_in_doubt_and_needs_no_repair(
     ordering: Ordering, redis_client: redis.Redis
 ) -> None:
     assert _begin(ordering, 1, "e1", token="a") is Begin.GO
-    ordering.release("call-1", token="a", version=1)  # a refusal: it will never land
+    ordering.release("call-1", token="a", version=1, event_id="e1")  # a refusal: it will never land
     assert _begin(ordering, 1, "e1", token="b") is Begin.GO
     assert _applied(ordering, 1, "e1", token="b")
     assert _begin(ordering, 2, "e2", token="c") is Begin.GO
@@ -410,3 +411,35 @@ def test_an_imported_record_counts_its_event_once(
     assert store.restore(record, replace=False) is Restored.STORED
     assert store.restore(record, replace=True) is Restored.STORED
     assert counters.snapshot()["dead"] == 1
+
+
+def test_an_older_event_waits_parked_while_a_newer_write_of_an_unfinished_event_is_in_doubt(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    """e5's worker died right after sending it (the write may have landed): e3 must not be
+    written over it. If e5 is applied, e3 is superseded; if e5 dies, e3 is put back."""
+    assert _begin(ordering, 5, "e5", token="dead-worker") is Begin.GO
+    redis_client.delete(ordering.keys.lease("call-1"))
+    assert _begin(ordering, 3, "e3", token="b") is Begin.PARKED
+
+    assert _begin(ordering, 5, "e5", token="redelivered") is Begin.GO
+    assert _dead(ordering, "e5", "redelivered") == "resurrected"
+    assert queued_event_ids(redis_client, namespace) == ["e3"]
+    assert _begin(ordering, 3, "e3", token="c") is Begin.GO
+
+
+def test_a_success_of_an_event_dead_lettered_meanwhile_is_undone_by_a_repair(
+    ordering: Ordering, redis_client: redis.Redis
+) -> None:
+    """Two copies of e5: one was refused (dead), the other's write landed anyway."""
+    assert _begin(ordering, 3, "e3", token="a") is Begin.GO
+    assert _applied(ordering, 3, "e3", token="a")
+    assert _begin(ordering, 5, "e5", token="b") is Begin.GO
+    redis_client.delete(ordering.keys.lease("call-1"))
+    assert _begin(ordering, 5, "e5", token="c") is Begin.GO
+    assert _dead(ordering, "e5", "c") == "dead"
+
+    assert ordering.applied("call-1", 5, "e5", '["v5"]', token="b") == Recorded(None, True)
+    assert ordering.applied_version("call-1") == 3
+    step, repair = ordering.settle("call-1", token="d", lease_ms=1000)
+    assert step is Settle.GO and repair == Repair(version=3, tags_json='["v3"]')

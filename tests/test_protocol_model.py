@@ -73,6 +73,8 @@ class World:
     """Workers stopped between taking the lease and sending (a long GC pause, SIGSTOP)."""
     events: dict[str, dict] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
+    landed: list[tuple[int, str | None]] = field(default_factory=list)
+    """Writes the API applied as they were sent: (version, event id; None for a repair)."""
 
 
 class ProtocolMachine(RuleBasedStateMachine):
@@ -154,11 +156,14 @@ class ProtocolMachine(RuleBasedStateMachine):
             tags = json.dumps(event["tags"], separators=(",", ":"))
             self._send(Request(event["event_id"], version, tags, token, answer, message))
 
-    def _send(self, request: Request) -> None:
+    def _send(self, request: Request, *, resumed: bool = False) -> None:
         if request.answer == "paused":
             self.w.paused.append(request)
             return
+        if not resumed:
+            self._never_behind_a_live_newer_write(request)
         if request.answer in ("ok", "applied_unseen"):
+            self.w.landed.append((request.version, request.event_id))
             self.w.api_tags = request.tags
         elif request.answer == "late":
             self.w.late.append(LateApply(request.tags, self.w.clock + SETTLE_MS))
@@ -184,7 +189,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         else:
             definite = request.answer == "transient"
             version = request.version if definite else None
-            self.ordering.release(CALL, token=request.token, version=version)
+            self.ordering.release(
+                CALL, token=request.token, version=version, event_id=request.event_id
+            )
             self.redis.lpush(self.prefix, request.message)
 
     def _record_repair(self, request: Request) -> None:
@@ -237,7 +244,19 @@ class ProtocolMachine(RuleBasedStateMachine):
         """Its lease may have run out meanwhile: the write lands whatever was applied since."""
         request = self.w.paused.pop(data.draw(st.integers(0, len(self.w.paused) - 1)))
         request.answer = "ok"
-        self._send(request)
+        self._send(request, resumed=True)
+
+    def _never_behind_a_live_newer_write(self, request: Request) -> None:
+        """A worker holding the lease never sends a version older than one that has landed,
+        unless that one's event is dead (then the older is the newest live version). Only a
+        worker whose lease ran out may (the repair undoes it)."""
+        for version, event_id in self.w.landed:
+            if version > request.version and (
+                event_id is None or self.ordering.fate(event_id) != "dead"
+            ):
+                raise AssertionError(
+                    f"sent v{request.version} after v{version} ({event_id}) had landed"
+                )
 
     @rule()
     def a_lease_runs_out(self) -> None:
@@ -287,7 +306,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         last moment it can; then time passes and everything due is settled."""
         for request in self.w.paused:
             request.answer = "ok"
-            self._send(request)
+            self._send(request, resumed=True)
         self.w.paused.clear()
         for request in [r for r in self.w.requests if r.answer != "ok"]:
             self.w.requests.remove(request)
@@ -305,6 +324,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         raise AssertionError("the protocol did not come to rest")
 
     def _work_through_the_queue(self) -> None:
+        """Until the queue is empty, or every message in it waits for time to pass (a newer
+        version in doubt)."""
+        waiting = 0
         for _ in range(1_000):
             for request in list(self.w.requests):
                 self.w.requests.remove(request)
@@ -316,9 +338,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                         CALL, request.version, request.event_id, request.tags, token=request.token
                     )
             self.a_lease_runs_out()
-            if not self.redis.llen(self.prefix):
+            queued = self.redis.llen(self.prefix)
+            if not queued or waiting > queued:
                 return
             self.deliver("ok")
+            waiting = waiting + 1 if self.redis.llen(self.prefix) == queued else 0
         raise AssertionError("the queue never emptied")
 
     def _check_the_end(self) -> None:
