@@ -13,6 +13,7 @@ from tagging_worker import logs, sentry
 from tagging_worker.broker_teardown import install_teardown_guard
 from tagging_worker.monitoring import prepare_multiprocess_dir
 from tagging_worker.poison import install_tolerant_transport
+from tagging_worker.reliable_fetch import install_reliable_fetch
 from tagging_worker.retry_schedule import Housekeeper
 from tagging_worker.settings import Settings
 
@@ -156,10 +157,14 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             if settings.redis_sentinel_master
             else {}
         ),
-        # How soon a dead worker's messages come back. Longer than any task runs (API
-        # timeouts bound each call); should it ever run out early, the per-call lease and
-        # the event's fate keep the second delivery harmless.
-        # kombu looks for such messages only every ~100 s by default; look every few seconds.
+        # Task messages are held per consumer (reliable_fetch): a worker that stops renewing
+        # its deadline for this long is dead, and its messages go back on the queue.
+        "fetch_key_prefix": f"{settings.key_prefix}:fetch",
+        "fetch_heartbeat_ttl": settings.fetch_heartbeat_ttl_seconds,
+        # kombu's own restore, for what still enters its unacked hash: messages taken by
+        # workers of an earlier version during a rolling upgrade, and `basic_get`. Longer than
+        # any task runs; should it run out early, the per-call lease and the event's fate keep
+        # the second delivery harmless. kombu looks only every ~100 s by default.
         "visibility_timeout": settings.visibility_timeout_seconds,
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
         "unacked_restore_throttle": 1,
@@ -177,6 +182,7 @@ def create_app(settings: Settings) -> Celery:
     signals.setup_logging.connect(configure_logging, weak=False)
     install_tolerant_transport()
     install_teardown_guard()
+    install_reliable_fetch()
     app = Celery("tagging_worker", broker=settings.broker_url, set_as_current=True)
     app.conf.update(
         task_serializer="json",

@@ -2,14 +2,16 @@
 
 Celery's defaults log and discard a message it cannot decode, whose content type it refuses
 (pickle), whose task it does not know, or whose body is not the protocol-2 shape; the Redis
-transport even loses an item that is not JSON before Celery sees it. Here the transport
-hands such an item on as an opaque message, and the consumer checks every message before
-Celery's handler, moving the broken ones to the dead letters.
+transport even loses an item that is not JSON, or an envelope kombu cannot make a message of,
+before Celery sees it (and with reliable fetch such an item would come back for ever). Here
+the transport hands such an item on as an opaque message, and the consumer checks every
+message before Celery's handler, moving the broken ones to the dead letters.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import time
 import uuid
@@ -56,7 +58,23 @@ def tolerant_loads(raw: Any) -> Any:
 
 
 def _is_envelope(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("properties"), dict)
+    """What kombu needs to make a message: properties with a delivery tag, and a body that its
+    encoding decodes (kombu decodes it before anyone can look at the message)."""
+    if not isinstance(value, dict):
+        return False
+    properties = value.get("properties")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+        return False
+    encoding, body = properties.get("body_encoding"), value.get("body")
+    if not body or not encoding or (isinstance(encoding, str) and encoding.lower() == "utf-8"):
+        return True
+    if encoding != "base64":
+        return False
+    try:
+        base64.b64decode(body)
+    except (binascii.Error, TypeError, ValueError):
+        return False
+    return True
 
 
 def install_tolerant_transport() -> None:

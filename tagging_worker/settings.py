@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         description="A message a worker took and never acknowledged (the worker died) is "
         "delivered again after this; it must exceed the longest task.",
     )
+    fetch_heartbeat_ttl_seconds: float = Field(
+        default=20.0,
+        ge=5,
+        le=300,
+        description="A worker that has not renewed its deadline for this long is taken for "
+        "dead, and any live worker puts the messages it held back on the queue: a crashed "
+        "worker's messages are delivered again within about 1.25 times this.",
+    )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     recover_after_seconds: float = Field(
         default=60.0,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import redis
 from kombu import Connection, Queue
 
 from tagging_worker.broker_teardown import install_teardown_guard
+from tagging_worker.reliable_fetch import Transport
 from tests.conftest import OwnRedis
 
 
@@ -36,3 +38,34 @@ def test_closing_a_half_torn_down_channel_leaves_unacked_messages_to_redis(
     assert [json.loads(raw)[0]["properties"]["delivery_tag"] for raw in unacked.values()] == [
         message.delivery_tag
     ]
+
+
+def test_closing_a_half_torn_down_reliable_channel_leaves_its_held_message_for_recovery(
+    own_redis: OwnRedis,
+) -> None:
+    """The same state with reliable fetch: closing does not raise, and does not try Redis
+    through the lost client; the message stays held by the closing consumer, which stays
+    registered, so a live consumer takes it back once that consumer's deadline passes."""
+    options = {"fetch_key_prefix": "fetch", "fetch_heartbeat_ttl": 2}
+    connection = Connection(own_redis.url, transport=Transport, transport_options=options)
+    queue = Queue("teardown", routing_key="teardown")
+    connection.Producer().publish({"n": 1}, routing_key="teardown", declare=[queue])
+    taken: list[Any] = []
+    connection.Consumer(queue, callbacks=[lambda body, m: taken.append(body)]).consume()
+    connection.drain_events(timeout=5)
+    channel = connection.default_channel
+    client = redis.Redis.from_url(own_redis.url)
+
+    connection.transport.client = None
+    channel._disconnect_pools()
+    channel.close()
+
+    assert channel.closed and taken == [{"n": 1}]
+    [held] = client.scan_iter("fetch:teardown:held:*")
+    assert client.llen(held) == 1
+    assert client.zcard("fetch:teardown:consumers") == 1
+    survivor = Connection(own_redis.url, transport=Transport, transport_options=options)
+    with survivor.Consumer(queue, callbacks=[lambda body, m: taken.append(body)]):
+        survivor.drain_events(timeout=10)
+    assert taken == [{"n": 1}, {"n": 1}]
+    survivor.release()
