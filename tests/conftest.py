@@ -115,6 +115,9 @@ class WorkerProcess:
     """A real `tagging-worker worker` in a child process."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, pool: str, concurrency: int) -> None:
+        self.pool = pool
+        self.replaced = False
+        """Set by a test's supervisor once it started a worker in this one's place."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -291,6 +294,13 @@ class OwnRedis:
         """A clean shutdown (AOF flushed) and a start on the same port and data."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(15)
+        self.start()
+
+    def crash(self) -> None:
+        """SIGKILL and a start on the same data: only what the AOF (fsync always) holds."""
+        assert self.proc is not None
+        self.proc.kill()
         self.proc.wait(15)
         self.start()
 

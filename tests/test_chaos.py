@@ -1,12 +1,18 @@
-"""The chaos suite: guarantees 1 and 2 under crashes, a Redis restart and a misbehaving API.
+"""The chaos suite: guarantees 1 and 2 under crashes, Redis restarts and a misbehaving API.
 
-5,000 events over 500 calls, versions shuffled and published out of order; the fake API
-fails ~10 % of calls transiently, refuses ~1 % of requests permanently (by their content),
-throttles and adds latency; two worker
-processes, each SIGKILLed once and restarted; the test's own Redis (AOF on) restarted once.
-Afterwards every event has exactly one fate, each call holds the tags of its newest version
-that was not dead-lettered, exactly the events that met a permanent error are dead, and no
-call ever received an older version after a newer one was applied.
+5,000 events over 500 calls, versions shuffled and published out of order by three kinds of
+producer: the Python publisher (some events published twice with the same event id, as a
+retrying producer does), bare Celery messages with a version, and bare messages without one
+(ordered at first receipt). The fake API fails ~10 % of calls transiently, refuses ~1 % of
+requests permanently (by their content), throttles, adds latency, and answers ~3 % with a
+gateway timeout or a hang while applying the write after the client gave up. Two worker
+processes, each SIGKILLed once while messages are in flight; failpoints kill workers right
+after parking, after an API success, after an unknown outcome and before the ack, and dead
+workers are replaced; the test's own Redis (AOF, fsync always) restarted once and SIGKILLed
+once; an operator replays every dead letter, then exports, deletes and imports them, while
+events flow. Afterwards every event has exactly one fate, each call holds the tags of its
+newest version that was not dead-lettered, exactly the events that met a permanent error are
+dead, and no call was ever sent an older version after a newer one was applied.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import pytest
 import redis
 
 from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.messages import build_task_message
 from tagging_worker.outcomes import FATES
 from tagging_worker.publish import Publisher
+from tagging_worker.replay import replay_dead_letter
 from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
 from tests.conftest import (
@@ -58,6 +66,8 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
         sticky=True,
         message="The specified tag is not allowed.",
     )
+    api.add_fault("late_apply", probability=0.02, seconds=1.0, answer="504")
+    api.add_fault("late_apply", probability=0.01, seconds=2.5, answer="hang")
     api.add_fault("error", code="InternalError", http_status=500, probability=0.05)
     api.add_fault("error", code="ServiceUnavailable", http_status=503, probability=0.03)
     api.add_fault("close", probability=0.02)
@@ -68,7 +78,12 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
         "TAGGING_RETRY_CAP_SECONDS": "0.5",
         "TAGGING_RETRY_MAX_ATTEMPTS": "40",
         "TAGGING_VISIBILITY_TIMEOUT_SECONDS": "5",
-        "TAGGING_RECOVER_AFTER_SECONDS": "2",
+        "TAGGING_FETCH_HEARTBEAT_TTL_SECONDS": "5",
+        "TAGGING_SETTLE_SECONDS": "4",
+        "TAGGING_EVENT_MAX_AGE_SECONDS": "120",
+        "TAGGING_VERSION_TTL_SECONDS": "130",
+        "TAGGING_FATE_TTL_SECONDS": "130",
+        "TAGGING_FAILPOINTS": FAILPOINTS,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -85,83 +100,168 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
         workers.append(worker)
         return worker
 
+    def settled_at_least(fraction: float) -> bool:
+        _replace_the_dead(workers, start_worker)
+        return _settled(rt) >= fraction * len(events)
+
     in_flight: list[int] = []
+    replayed: set[str] = set()
     rng = random.Random(20261124)
-    events = [
-        {"call_id": f"call-{c:04d}", "tags": [f"v{v}"], "version": v, "event_id": uuid.uuid4().hex}
-        for c in range(CALLS)
-        for v in rng.sample(range(1, 1_000_000), EVENTS_PER_CALL)
-    ]
-    rng.shuffle(events)
+    events = _events(rng)
     started = time.monotonic()
     try:
-        first, second = start_worker("threads"), start_worker("prefork")
+        start_worker("threads")
+        start_worker("prefork")
         publisher = Publisher(rt.ordering, limits=rt.settings.event_limits)
-        for start in range(0, len(events), 100):  # trickled, so workers race the producer
-            publisher.publish_many(events[start : start + 100])
+        for start in range(0, len(events), 100):  # trickled, so workers race the producers
+            _publish(rt, publisher, events[start : start + 100])
             time.sleep(0.15)
 
         for fraction, act in (
-            (0.15, lambda: _kill_and_replace(first, start_worker, "threads", rt, in_flight)),
-            (0.35, own_redis.restart),
-            (0.6, lambda: _kill_and_replace(second, start_worker, "threads", rt, in_flight)),
+            (0.15, lambda: _kill_and_replace(workers, start_worker, rt, in_flight)),
+            (0.3, own_redis.restart),
+            (0.45, lambda: _replay_every_dead_letter(rt, replayed)),
+            (0.55, own_redis.crash),
+            (0.6, lambda: _kill_and_replace(workers, start_worker, rt, in_flight)),
+            (0.75, lambda: _export_delete_import(rt)),
         ):
             wait_for(
-                lambda f=fraction: _settled(rt) >= f * len(events),
+                lambda f=fraction: settled_at_least(f),
                 timeout=240,
                 what=f"{fraction:.0%} of events settled",
             )
             act()
 
         try:
-            wait_for(lambda: _settled(rt) >= len(events), timeout=120, what="every event settled")
+            wait_for(lambda: settled_at_least(1.0), timeout=180, what="every event settled")
+            wait_for(lambda: _at_rest(rt, workers, start_worker), timeout=60, what="rest")
         except AssertionError as exc:
             raise AssertionError(_whereabouts(rt, events)) from exc
         time.sleep(1)  # anything still moving would now show as an extra fate
         elapsed = time.monotonic() - started
 
-        resent = sum(
-            int(match) for w in workers for match in re.findall(r"sent again (\d+)", w.log())
-        )
+        logs = "\n".join(w.log() for w in workers)
+        resent = sum(int(n) for n in re.findall(r"(\d+) message\(s\) it held are back", logs))
+        kills = Counter(re.findall(r"failpoint (\w+): killing", logs))
         with capsys.disabled():
-            _assert_guarantees(rt, api, events, elapsed, in_flight, resent)
+            _assert_guarantees(rt, api, events, elapsed, in_flight, resent, kills, replayed)
     finally:
         for worker in workers:
             worker.stop()
         api.stop()
 
 
+FAILPOINTS = "after_park:0.002,after_api_success:0.002,after_api_unknown:0.02,before_ack:0.002"
+
+
+def _events(rng: random.Random) -> list[dict]:
+    """Each event says how it is produced: `publisher` (the Python publisher; `twice`: its
+    publish is retried with the same event id), `bare` (a plain Celery message) or `bare
+    unversioned` (no version: ordered when first received)."""
+    events = []
+    for c in range(CALLS):
+        for n, v in enumerate(rng.sample(range(1, 1_000_000), EVENTS_PER_CALL)):
+            kind = rng.choices(["publisher", "bare", "unversioned"], [70, 15, 15])[0]
+            event = {"call_id": f"call-{c:04d}", "event_id": uuid.uuid4().hex}
+            if kind == "unversioned":
+                event["tags"] = [f"u{c}-{n}"]
+            else:
+                event.update(tags=[f"v{v}"], version=v)
+            events.append({"event": event, "kind": kind, "twice": rng.random() < 0.05})
+    rng.shuffle(events)
+    return events
+
+
+def _publish(rt: Runtime, publisher: Publisher, batch: list[dict]) -> None:
+    by_publisher = [e for e in batch if e["kind"] == "publisher"]
+    publisher.publish_many(
+        [e["event"] for e in by_publisher] + [e["event"] for e in by_publisher if e["twice"]]
+    )
+    for e in batch:
+        if e["kind"] != "publisher":
+            for _ in range(2 if e["twice"] else 1):
+                rt.redis.lpush("chaos", build_task_message(e["event"], queue="chaos"))
+
+
+def _replace_the_dead(
+    workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
+) -> None:
+    """A supervisor: a worker a failpoint killed is replaced by one of the same pool."""
+    for worker in list(workers):
+        if worker.proc.poll() is not None and not worker.replaced:
+            worker.replaced = True
+            start_worker(worker.pool)
+
+
+def _replay_every_dead_letter(rt: Runtime, replayed: set[str]) -> None:
+    for record in rt.dead_letters.list(limit=10_000):
+        if replay_dead_letter(rt, record["id"]):
+            replayed.add(record["id"])
+
+
+def _export_delete_import(rt: Runtime) -> None:
+    records = list(rt.dead_letters.iter_records())
+    for record in records:
+        rt.dead_letters.delete(record["id"])
+    for record in records:
+        rt.dead_letters.restore(record, replace=False)
+
+
+def _at_rest(
+    rt: Runtime, workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
+) -> bool:
+    """Nothing queued, delayed or in doubt: every repair that was due has been made."""
+    _replace_the_dead(workers, start_worker)
+    try:
+        return not (
+            rt.redis.llen("chaos") or rt.retries.pending() or rt.redis.zcard(rt.keys.settle_index)
+        )
+    except redis.RedisError:
+        return False
+
+
 def _kill_and_replace(
-    victim: WorkerProcess,
+    workers: list[WorkerProcess],
     start_worker: Callable[[str], WorkerProcess],
-    pool: str,
     rt: Runtime,
     in_flight: list[int],
 ) -> None:
-    """SIGKILL a worker while messages are taken and not yet acknowledged (kombu's
-    `unacked` records them), noting how many."""
+    """SIGKILL the oldest live worker while messages are taken and not yet acknowledged
+    (held by its consumers: reliable fetch), noting how many, and start one of its pool
+    instead."""
+    _replace_the_dead(workers, start_worker)
+    victim = next(w for w in workers if not w.replaced)
     deadline = time.monotonic() + 20
-    while rt.redis.hlen("unacked") == 0 and time.monotonic() < deadline:
+    while _held(rt) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    in_flight.append(int(rt.redis.hlen("unacked")))
-    victim.kill()
-    start_worker(pool)
+    in_flight.append(_held(rt))
+    victim.replaced = True
+    if victim.proc.poll() is None:
+        victim.kill()
+    start_worker(victim.pool)
+
+
+def _held(rt: Runtime) -> int:
+    """Messages taken by workers and not yet acknowledged (reliable fetch's held lists)."""
+    held = rt.redis.scan_iter("chaos:fetch:chaos:held:*", count=1000)
+    return sum(int(rt.redis.llen(key)) for key in held)
 
 
 def _whereabouts(rt: Runtime, events: list[dict]) -> str:
     """Where the events without a fate are, to make a failure explain itself."""
-    lost = [e for e in events if rt.redis.get(rt.keys.fate(e["event_id"])) is None]
+    lost = [e["event"] for e in events if rt.ordering.fate(e["event"]["event_id"]) is None]
     lines = [
         f"{len(lost)} events without a fate; queue {rt.redis.llen('chaos')}, "
-        f"delayed retries {rt.retries.pending()}, unacked {rt.redis.hlen('unacked')}"
+        f"delayed retries {rt.retries.pending()}, held by workers {_held(rt)}, "
+        f"calls to settle {rt.redis.zcard(rt.keys.settle_index)}"
     ]
     for e in lost[:5]:
         call = e["call_id"]
-        parked = [m.partition(b"\n")[0] for m in rt.redis.zrange(rt.keys.parked(call), 0, -1)]
         lines.append(
-            f"{call} v{e['version']} {e['event_id']}: applied={rt.ordering.applied_version(call)} "
+            f"{call} v{e.get('version')} {e['event_id']}: "
+            f"applied={rt.ordering.applied_version(call)} "
             f"pending={rt.redis.zrange(rt.keys.pending(call), 0, -1, withscores=True)} "
-            f"parked={parked} "
+            f"parked={rt.redis.zrange(rt.keys.parked(call), 0, -1)} "
             f"lease={rt.redis.get(rt.keys.lease(call))}"
         )
     return "\n".join(lines)
@@ -182,24 +282,34 @@ def _assert_guarantees(
     elapsed: float,
     in_flight: list[int],
     resent: int,
+    kills: Counter[str],
+    replayed: set[str],
 ) -> None:
     counts = rt.outcomes.snapshot()
     calls = api.calls()
-    oks = Counter((c.call_id, c.tags[0]) for c in calls if c.answer == "OK")
+    by_tags = {e["event"]["tags"][0]: e["event"] for e in events}
+    version = {
+        e["event_id"]: e.get("version")
+        if "version" in e
+        else int(rt.redis.get(rt.keys.received(e["event_id"])))
+        for e in (x["event"] for x in events)
+    }
+    late = [c for c in calls if c.answer == "OK-LATE"]
     print(
-        f"\nchaos: {len(events)} events over {CALLS} calls in {elapsed:.1f} s; "
-        f"{len(in_flight)} workers SIGKILLed (messages in flight at each kill: {in_flight}), "
-        f"Redis restarted once; lost messages sent again: {resent}; outcomes "
-        f"{ {f.value: counts[f.value] for f in FATES} }; retried {counts['retried']}; "
-        f"API requests {len(calls)} ({Counter(c.answer for c in calls).most_common(8)}); "
-        f"events applied more than once (duplicates seen by the API): "
-        f"{sum(1 for n in oks.values() if n > 1)}"
+        f"\nchaos: {len(events)} events over {CALLS} calls in {elapsed:.1f} s; producers "
+        f"{dict(Counter(e['kind'] for e in events))}, published twice "
+        f"{sum(e['twice'] for e in events)}; {len(in_flight)} workers SIGKILLed (messages in "
+        f"flight at each kill: {in_flight}); failpoint kills {dict(kills)}; Redis restarted "
+        f"once and SIGKILLed once; messages of dead workers put back: {resent}; late applies "
+        f"{len(late)}; repairs {counts['repaired']} (failed {counts['repair_failed']}); "
+        f"outcomes { {f.value: counts[f.value] for f in FATES} }; retried "
+        f"{counts['retried']}; replayed {counts['replayed']}; API requests {len(calls)} "
+        f"({Counter(c.answer for c in calls).most_common(9)}); longest time a call held "
+        f"older tags than its newest applied version: "
+        f"{_longest_regression(calls, by_tags, version):.2f} s"
     )
 
-    pipe = rt.redis.pipeline(transaction=False)
-    for event in events:
-        pipe.get(rt.keys.fate(event["event_id"]))
-    fates = Counter(raw.decode() if raw else None for raw in pipe.execute())
+    fates = Counter(rt.ordering.fate(e["event"]["event_id"]) for e in events)
 
     # Guarantee 1: exactly one recorded fate per event, and the counters agree.
     assert None not in fates, _whereabouts(rt, events)
@@ -208,34 +318,60 @@ def _assert_guarantees(
 
     # Exactly the events that met a permanent error are dead-lettered. The fake API refuses
     # by the request's content (sticky), as a real API's validation does, so every copy of a
-    # refused event is refused, even one redelivered after a crash.
-    by_request = {(e["call_id"], e["tags"][0]): e for e in events}
-    refused = {
-        by_request[(c.call_id, c.tags[0])]["event_id"] for c in calls if c.answer == PERMANENT_CODE
-    }
+    # refused event is refused, even one redelivered after a crash or replayed; only a
+    # replayed one may instead have lost to a newer version before it reached the API.
+    refused = {by_tags[c.tags[0]]["event_id"] for c in calls if c.answer == PERMANENT_CODE}
     dead = {r["id"] for r in rt.dead_letters.list(limit=len(events))}
-    assert dead == refused
+    assert dead == {e for e in refused if rt.ordering.fate(e) == "dead"}
+    outdone = refused - dead
+    assert outdone <= replayed
+    assert {rt.ordering.fate(e) for e in outdone} <= {"stale", "superseded"}
     assert {r["reason"] for r in rt.dead_letters.list(limit=len(events))} <= {"permanent_error"}
 
     # Guarantee 2: each call holds its newest version that was not dead-lettered ...
-    newest: dict[str, int] = {}
-    for event in events:
-        if event["event_id"] not in dead:
-            newest[event["call_id"]] = max(newest.get(event["call_id"], -1), event["version"])
+    newest: dict[str, dict] = {}
+    for e in (x["event"] for x in events):
+        best = newest.get(e["call_id"])
+        if e["event_id"] not in dead and (
+            best is None or version[e["event_id"]] > version[best["event_id"]]
+        ):
+            newest[e["call_id"]] = e
     held = api.all_tags()
-    wrong = {c: (held.get(c), v) for c, v in newest.items() if held.get(c) != [f"v{v}"]}
+    wrong = {c: (held.get(c), e["tags"]) for c, e in newest.items() if held.get(c) != e["tags"]}
     assert not wrong, f"{len(wrong)} calls hold the wrong tags, e.g. {list(wrong.items())[:3]}"
 
-    # ... and never received an older version after a newer one was applied.
+    # ... and no worker ever sent an older version after a newer one was applied (a late
+    # write is the API's doing; the repairs above put the newest back after each).
     applied_max: dict[str, int] = defaultdict(lambda: -1)
     backwards = []
     for c in calls:
-        version = int(c.tags[0][1:])
-        if version < applied_max[c.call_id]:
+        if c.answer == "OK-LATE" or not c.tags:
+            continue
+        v = version[by_tags[c.tags[0]]["event_id"]]
+        if v < applied_max[c.call_id]:
             backwards.append(c.call_id)
         if c.answer == "OK":
-            applied_max[c.call_id] = max(applied_max[c.call_id], version)
+            applied_max[c.call_id] = max(applied_max[c.call_id], v)
     assert not backwards, [
         [(c.seq, round(c.at, 3), c.tags[0], c.answer) for c in calls if c.call_id == call_id]
         for call_id in backwards[:3]
     ]
+
+
+def _longest_regression(calls: list, by_tags: dict[str, dict], version: dict[str, int]) -> float:
+    """From each late write that put older tags over a newer applied version, to the next
+    write of a version at least as new."""
+    newest: dict[str, int] = defaultdict(lambda: -1)
+    since: dict[str, float] = {}
+    longest = 0.0
+    for c in calls:
+        if c.answer not in ("OK", "OK-LATE"):
+            continue
+        v = version[by_tags[c.tags[0]]["event_id"]]
+        if c.answer == "OK-LATE" and v < newest[c.call_id]:
+            since.setdefault(c.call_id, c.at)
+        elif v >= newest[c.call_id] and c.call_id in since:
+            longest = max(longest, c.at - since.pop(c.call_id))
+        if c.answer == "OK":
+            newest[c.call_id] = max(newest[c.call_id], v)
+    return longest
