@@ -11,6 +11,7 @@ from kombu import Queue
 
 from tagging_worker import logs, sentry
 from tagging_worker.broker_teardown import install_teardown_guard
+from tagging_worker.keys import Keys
 from tagging_worker.monitoring import prepare_multiprocess_dir
 from tagging_worker.poison import install_tolerant_transport
 from tagging_worker.reliable_fetch import install_reliable_fetch
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class HousekeeperStep(bootsteps.StartStopStep):
-    """Runs the housekeeper (due retries, lost messages) in every worker, with the worker."""
+    """Runs the housekeeper (due retries, settle checks) in every worker, with the worker."""
 
     requires = ("celery.worker.components:Pool",)
 
@@ -32,7 +33,6 @@ class HousekeeperStep(bootsteps.StartStopStep):
         from tagging_worker.runtime import get_runtime
 
         rt = get_runtime()
-        grace_ms = int(rt.settings.recover_after_seconds * 1000)
 
         def watch() -> None:
             rt.heartbeats.housekeeping_at = time.monotonic()
@@ -45,11 +45,9 @@ class HousekeeperStep(bootsteps.StartStopStep):
 
         self.housekeeper = Housekeeper(
             rt.retries,
-            lambda: rt.ordering.recover_lost(grace_ms=grace_ms),
             watch,
             settle=rt.ordering.queue_due_settles,
             interval=rt.settings.scheduler_interval_seconds,
-            recover_every=max(1.0, rt.settings.recover_after_seconds / 4),
         )
         self.housekeeper.start()
 
@@ -159,7 +157,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         ),
         # Task messages are held per consumer (reliable_fetch): a worker that stops renewing
         # its deadline for this long is dead, and its messages go back on the queue.
-        "fetch_key_prefix": f"{settings.key_prefix}:fetch",
+        "fetch_key_prefix": Keys(settings.key_prefix).fetch,
         "fetch_heartbeat_ttl": settings.fetch_heartbeat_ttl_seconds,
         # kombu's own restore, for what still enters its unacked hash: messages taken by
         # workers of an earlier version during a rolling upgrade, and `basic_get`. Longer than

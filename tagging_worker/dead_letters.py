@@ -19,7 +19,6 @@ import redis
 
 from tagging_worker.dead_filter import DeadFilter, last_code
 from tagging_worker.keys import Keys
-from tagging_worker.messages import delivery_tag_of
 
 # Every record is indexed by time of death (all), reason, call and, when it has one, the
 # error code it died of; each script keeps all four right.
@@ -98,14 +97,15 @@ return trim(KEYS[1], prefix, ARGV[7])
 """
 )
 
-# KEYS: all, record, fate, outcomes, pending, journal, journal index, applied, tags,
-#       dead by call (the call's keys '' when the record has no call)
-# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version,
-#       delivery tag, now_ms, the call's version when the event died ('' when unknown), ttl
-# A replay also gives the event its ledger entry back (it is no longer dead), registers its
-# version as pending and journals its message, as publishing does. The call's version is
-# brought back up to what it was when the event died, should Redis have forgotten it, and
-# expires again once the call has no dead letter left.
+# KEYS: all, record, fate, outcomes, pending, applied, tags, dead by call (the call's keys ''
+#       when the record has no call)
+# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version, the
+#       call's version when the event died ('' when unknown), ttl
+# A replay also gives the event its ledger entry back (it is no longer dead) and registers its
+# version as pending, as publishing does. The call's version is brought back up to what it was
+# when the event died, should Redis have forgotten it (the tags it wrote are unknown then, so
+# the tags of a lower version are dropped: a repair must not write them), and expires again
+# once the call has no dead letter left.
 _TAKE = (
     _UNINDEX
     + """
@@ -115,21 +115,20 @@ if ARGV[5] ~= '' and f[3] ~= ARGV[5] then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 unindex(ARGV[2], ARGV[1], f[1], f[2], f[4])
 redis.call('DEL', KEYS[2])
-if KEYS[8] ~= '' then
-  if ARGV[10] ~= '' and tonumber(redis.call('GET', KEYS[8]) or '-1') < tonumber(ARGV[10]) then
-    redis.call('SET', KEYS[8], ARGV[10])
+if KEYS[6] ~= '' then
+  if ARGV[8] ~= '' and tonumber(redis.call('GET', KEYS[6]) or '-1') < tonumber(ARGV[8]) then
+    redis.call('SET', KEYS[6], ARGV[8])
+    redis.call('DEL', KEYS[7])
   end
-  if redis.call('EXISTS', KEYS[10]) == 0 then
-    redis.call('EXPIRE', KEYS[8], ARGV[11])
-    redis.call('EXPIRE', KEYS[9], ARGV[11])
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    redis.call('EXPIRE', KEYS[6], ARGV[9])
+    redis.call('EXPIRE', KEYS[7], ARGV[9])
   end
 end
 if ARGV[3] == '' then return 1 end
 if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
 redis.call('HINCRBY', KEYS[4], 'replayed', 1)
 if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
-redis.call('HSET', KEYS[6], 'message', ARGV[4], 'tag', ARGV[8])
-redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
 redis.call('LPUSH', ARGV[3], ARGV[4])
 return 1
 """
@@ -422,7 +421,7 @@ class DeadLetterStore:
         """Forget a record; the event's fate stays `dead` in the ledger."""
         raw = self._redis.hget(self._keys.dead_record(record_id), "call_id")
         call_id = raw.decode() if raw is not None else None
-        return self._take_record(record_id, call_id, args=["", "", "", "", 0, "", 0, ""]) == 1
+        return self._take_record(record_id, call_id, args=["", "", "", "", 0, ""]) == 1
 
     def replay(
         self,
@@ -457,12 +456,9 @@ class DeadLetterStore:
                 raw.decode(),
                 event_id,
                 fields.get("version", 0) if registered else 0,
-                delivery_tag_of(message),
-                int(time.time() * 1000),
                 floor if isinstance(floor, int) else "",
             ],
             pending=self._keys.pending(fields["call_id"]) if registered else "",
-            journal=event_id,
         )
         if moved == -1:
             raise ReplayConflict(record_id)
@@ -475,10 +471,9 @@ class DeadLetterStore:
         *,
         args: list[Any],
         pending: str = "",
-        journal: str | None = None,
     ) -> int:
         k = self._keys
-        queue, message, expected, event_id, version, tag, now_ms, floor = args
+        queue, message, expected, event_id, version, floor = args
         return int(
             self._take(
                 keys=[
@@ -487,8 +482,6 @@ class DeadLetterStore:
                     k.fate(event_id or record_id),
                     k.outcomes,
                     pending,
-                    k.journal(journal) if journal else "",
-                    k.journal_index,
                     k.applied(call_id) if call_id is not None else "",
                     k.tags(call_id) if call_id is not None else "",
                     k.dead_by_call(call_id) if call_id is not None else "",
@@ -501,8 +494,6 @@ class DeadLetterStore:
                     expected,
                     event_id,
                     version,
-                    tag,
-                    now_ms,
                     floor,
                     self._version_ttl,
                 ],

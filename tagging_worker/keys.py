@@ -1,9 +1,11 @@
 """Every Redis key the worker owns, built in one place under one prefix.
 
 Tests and several deployments can share one Redis because nothing of ours is written outside
-the prefix. Besides it: the queue (a list named after it), and kombu's own bookkeeping:
-`_kombu.binding*` keys for its exchanges, and the `unacked`, `unacked_index` and
-`unacked_mutex` keys its Redis transport shares between every queue of the database.
+the prefix: reliable fetch's keys live there too (`<prefix>:fetch:<queue>:consumers` and
+`<prefix>:fetch:<queue>:held:<consumer id>`, named in `reliable_fetch`). Besides it: the
+queue (a list named after it), and kombu's own bookkeeping: `_kombu.binding*` keys for its
+exchanges, and the `unacked`, `unacked_index` and `unacked_mutex` keys its Redis transport
+shares between every queue of the database (only messages kombu itself fetched enter them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class Keys:
 
     def dead_by_call(self, call_id: str) -> str:
         return self._k("dead", "call", call_id)
+
+    @property
+    def fetch(self) -> str:
+        """What reliable fetch's keys start with (its `fetch_key_prefix`)."""
+        return self._k("fetch")
 
     @property
     def retry_due(self) -> str:
@@ -82,15 +89,6 @@ class Keys:
     def fate(self, event_id: str) -> str:
         """How the event ended; set once."""
         return self._k("fate", event_id)
-
-    def journal(self, event_id: str) -> str:
-        """Hash: the event's current message and its delivery tag, until the event has a fate."""
-        return self._k("journal", event_id)
-
-    @property
-    def journal_index(self) -> str:
-        """Sorted set of unfinished event ids by when their message entered the queue (ms)."""
-        return self._k("journal")
 
     @property
     def settle_index(self) -> str:

@@ -11,15 +11,11 @@ import base64
 import json
 import os
 import socket
-import time
 import uuid
 from typing import Any
 
 TASK_NAME = "tagging_worker.update_call_tags"
 CONTENT_TYPE = "application/json"
-ENQUEUED_AT = "x-enqueued-at"
-"""Header: when the message was meant to enter the queue (ms), so the loss detector can tell
-what the queue's oldest message says about the ones before it."""
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
@@ -29,7 +25,6 @@ def build_task_message(
     queue: str,
     task_id: str | None = None,
     retry_state: dict[str, Any] | None = None,
-    enqueued_at_ms: int | None = None,
 ) -> str:
     """Serialize one task message; `retry_state` rides in kwargs so a retry is self-contained."""
     return _envelope(
@@ -39,7 +34,6 @@ def build_task_message(
         task_id=task_id,
         retries=int(retry_state.get("attempts_made", 0)) if retry_state else 0,
         argsrepr=_argsrepr(event),
-        enqueued_at_ms=enqueued_at_ms,
     )
 
 
@@ -59,7 +53,6 @@ def _envelope(
     retries: int = 0,
     argsrepr: str,
     kwargsrepr: str = "{}",
-    enqueued_at_ms: int | None = None,
 ) -> str:
     task_id = task_id or str(uuid.uuid4())
     body = [args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
@@ -84,7 +77,6 @@ def _envelope(
             "kwargsrepr": kwargsrepr,
             "origin": _ORIGIN,
             "ignore_result": True,
-            ENQUEUED_AT: enqueued_at_ms if enqueued_at_ms is not None else int(time.time() * 1000),
         },
         "properties": {
             "correlation_id": task_id,
@@ -96,28 +88,6 @@ def _envelope(
         },
     }
     return _dumps(message)
-
-
-def delivery_tag_of(message: str) -> str:
-    return str(json.loads(message)["properties"]["delivery_tag"])
-
-
-def enqueued_at_of(message: bytes | str) -> int | None:
-    """The header's time, or None for a message that has none (another producer's)."""
-    try:
-        value = json.loads(message)["headers"].get(ENQUEUED_AT)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def retagged(message: str, *, enqueued_at_ms: int) -> str:
-    """The same message with a fresh delivery tag, to send again without colliding with
-    the tag kombu may still track for the first copy."""
-    envelope = json.loads(message)
-    envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
-    envelope["headers"][ENQUEUED_AT] = enqueued_at_ms
-    return _dumps(envelope)
 
 
 def _argsrepr(event: Any) -> str:

@@ -82,7 +82,7 @@ class RedisCollector:
         )
         yield GaugeMetricFamily(
             "tagging_unfinished_events",
-            "Events published and not yet given a fate.",
+            "Task messages queued, held by workers or waiting to retry.",
             value=snapshot["unfinished_events"],
         )
         stored = GaugeMetricFamily(

@@ -22,9 +22,8 @@ duplicated message is recognised and the outcome counters count every event exac
 dead letter is stored in the same step as its fate. Each step is one Lua script; nothing is read
 in one round trip and written in another.
 
-Keys the scripts derive instead of receiving in KEYS (they depend on what the script finds):
-the fates of parked events that a success supersedes, and the journal entry of a parked event
-put back on the queue.
+The one kind of key a script derives instead of receiving in KEYS (it depends on what the
+script finds): the fates of parked events that a success supersedes.
 """
 
 from __future__ import annotations
@@ -38,12 +37,7 @@ import redis
 
 from tagging_worker.dead_letters import STORE_RECORD, DeadLetterStore, DeadRecord
 from tagging_worker.keys import Keys
-from tagging_worker.messages import (
-    build_settle_message,
-    delivery_tag_of,
-    enqueued_at_of,
-    retagged,
-)
+from tagging_worker.messages import build_settle_message
 from tagging_worker.outcomes import Outcome
 
 
@@ -88,15 +82,6 @@ class Recorded:
     repair: bool
     """An older write landed on a newer one (this worker had lost its lease): repair now."""
 
-
-# Every script that ends an event's time on the queue also drops its journal entry; the
-# journal is how a message lost between Redis and a dying worker is found and sent again.
-_FORGET = """
-local function forget(journal, index, id)
-  redis.call('DEL', journal)
-  redis.call('ZREM', index, id)
-end
-"""
 
 # A version outlives every dead letter of its call (nothing else remembers that a replay of an
 # older event would regress it); otherwise it lasts `ttl`.
@@ -185,34 +170,27 @@ return v
 """
 )
 
-# KEYS: pending, queue, journal, index; ARGV: version, event_id, message, ttl, tag, now_ms
+# KEYS: pending, queue; ARGV: version, event_id, message, ttl
 _REGISTER = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('HSET', KEYS[3], 'message', ARGV[3], 'tag', ARGV[5])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
 redis.call('LPUSH', KEYS[2], ARGV[3])
 return 1
 """
 
-# KEYS: applied, pending, parked, parked messages, lease, fate, outcomes, journal, index,
-#       unsettled, settle index
+# KEYS: applied, pending, parked, parked messages, lease, fate, outcomes, unsettled,
+#       settle index
 # ARGV: version, event_id, message, token, lease_ms, ttl, fate_ttl, in-doubt member, until_ms,
-#       call_id, now_ms, fate key prefix
+#       call_id, fate key prefix
 # GO writes the request down as in doubt before it is sent (until the API can no longer apply
 # it); a definite answer clears it, so a crash right after sending leaves it to be settled.
 # An older event is parked while a newer one is pending, or in doubt with its event unfinished
 # (its worker died right after sending it: the newer may have landed).
 _BEGIN = (
-    _FORGET
-    + _IN_DOUBT
+    _IN_DOUBT
     + """
 local id = ARGV[2]
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  forget(KEYS[8], KEYS[9], id)
-  return 'duplicate'
-end
+if redis.call('EXISTS', KEYS[6]) == 1 then return 'duplicate' end
 local v = tonumber(ARGV[1])
 if v <= tonumber(redis.call('GET', KEYS[1]) or '-1') then
   redis.call('ZREM', KEYS[2], id)
@@ -220,61 +198,57 @@ if v <= tonumber(redis.call('GET', KEYS[1]) or '-1') then
   redis.call('HDEL', KEYS[4], id)
   redis.call('SET', KEYS[6], 'stale', 'EX', ARGV[7])
   redis.call('HINCRBY', KEYS[7], 'stale', 1)
-  forget(KEYS[8], KEYS[9], id)
   return 'stale'
 end
 if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf') > 0
-   or newer_in_doubt(KEYS[10], v, ARGV[12]) then
+   or newer_in_doubt(KEYS[8], v, ARGV[11]) then
   redis.call('ZADD', KEYS[3], v, id)
   redis.call('HSET', KEYS[4], id, ARGV[3])
   redis.call('EXPIRE', KEYS[3], ARGV[6])
   redis.call('EXPIRE', KEYS[4], ARGV[6])
   redis.call('ZREM', KEYS[2], id)
-  forget(KEYS[8], KEYS[9], id)
   return 'parked'
 end
 if not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'busy' end
-redis.call('ZADD', KEYS[10], ARGV[9], ARGV[8])
-redis.call('EXPIRE', KEYS[10], ARGV[6])
-redis.call('ZADD', KEYS[11], 'LT', ARGV[9], ARGV[10])
+redis.call('ZADD', KEYS[8], ARGV[9], ARGV[8])
+redis.call('EXPIRE', KEYS[8], ARGV[6])
+redis.call('ZADD', KEYS[9], 'LT', ARGV[9], ARGV[10])
 return 'go'
 """
 )
 
-# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, journal, index,
-#       unsettled, dead by call, settle index
+# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, unsettled,
+#       dead by call, settle index
 # ARGV: version, event_id, token, tags, ttl, fate_ttl, fate key prefix, now_ms, call_id,
 #       in-doubt member
 _APPLIED = (
-    _FORGET
-    + _KEEP
+    _KEEP
     + _REINDEX
     + """
 local v, id = tonumber(ARGV[1]), ARGV[2]
 if redis.call('GET', KEYS[7]) == 'dead' then
   -- Dead-lettered meanwhile (another copy was refused), yet this write landed: undo it now.
-  redis.call('ZADD', KEYS[11], ARGV[8], ARGV[10])
-  redis.call('EXPIRE', KEYS[11], ARGV[5])
-  reindex(KEYS[11], KEYS[13], ARGV[9])
+  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[10])
+  redis.call('EXPIRE', KEYS[9], ARGV[5])
+  reindex(KEYS[9], KEYS[11], ARGV[9])
   if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
   return {'', 1}
 end
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local fate, repair = 'applied', 0
-redis.call('ZREM', KEYS[11], ARGV[10])
+redis.call('ZREM', KEYS[9], ARGV[10])
 if v > current then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[4])
 elseif v < current or redis.call('GET', KEYS[2]) ~= ARGV[4] then
   if v < current then fate = 'stale' end
-  redis.call('ZADD', KEYS[11], ARGV[8], ARGV[10])
-  redis.call('EXPIRE', KEYS[11], ARGV[5])
+  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[10])
+  redis.call('EXPIRE', KEYS[9], ARGV[5])
   repair = 1
 end
-reindex(KEYS[11], KEYS[13], ARGV[9])
-keep(KEYS[1], KEYS[2], KEYS[12], ARGV[5])
+reindex(KEYS[9], KEYS[11], ARGV[9])
+keep(KEYS[1], KEYS[2], KEYS[10], ARGV[5])
 redis.call('ZREM', KEYS[3], id)
-forget(KEYS[9], KEYS[10], id)
 local superseded = 0
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])) do
   redis.call('HDEL', KEYS[5], member)
@@ -357,31 +331,28 @@ end
 return claimed
 """
 
-# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, journal, index,
-#       queue, unsettled, settle index, dead by call, dead all, dead record, dead by reason,
-#       dead by code
-# ARGV: event_id, token, fate_ttl, ttl, journal key prefix, now_ms, call_id, in-doubt member
-#       to clear ('' to keep it: the last request's outcome is unknown), record json, reason,
-#       record's call_id, code, died_at_ms
+# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, queue,
+#       unsettled, settle index, dead by call, dead all, dead record, dead by reason, dead by code
+# ARGV: event_id, token, fate_ttl, ttl, call_id, in-doubt member to clear ('' to keep it: the
+#       last request's outcome is unknown), record json, reason, record's call_id, code,
+#       died_at_ms
 _DEAD = (
-    _FORGET
-    + _REINDEX
+    _REINDEX
     + STORE_RECORD
     + """
 local id = ARGV[1]
 if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
-if ARGV[8] ~= '' then
-  redis.call('ZREM', KEYS[12], ARGV[8])
-  reindex(KEYS[12], KEYS[13], ARGV[7])
+if ARGV[6] ~= '' then
+  redis.call('ZREM', KEYS[10], ARGV[6])
+  reindex(KEYS[10], KEYS[11], ARGV[5])
 end
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
 redis.call('HDEL', KEYS[5], id)
-forget(KEYS[9], KEYS[10], id)
 if not redis.call('SET', KEYS[7], 'dead', 'NX', 'EX', ARGV[3]) then return 'duplicate' end
 redis.call('HINCRBY', KEYS[8], 'dead', 1)
-store_record(KEYS[15], KEYS[16], KEYS[17], KEYS[14], KEYS[18], id, ARGV[9], ARGV[10],
-             ARGV[11], ARGV[12], ARGV[13])
+store_record(KEYS[13], KEYS[14], KEYS[15], KEYS[12], KEYS[16], id, ARGV[7], ARGV[8],
+             ARGV[9], ARGV[10], ARGV[11])
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 local best = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -398,57 +369,24 @@ redis.call('HDEL', KEYS[5], parked)
 if not message then return 'dead' end
 redis.call('ZADD', KEYS[3], best[2], parked)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
-local tag = cjson.decode(message)['properties']['delivery_tag']
-redis.call('HSET', ARGV[5] .. parked, 'message', message, 'tag', tag)
-redis.call('EXPIRE', ARGV[5] .. parked, ARGV[4])
-redis.call('ZADD', KEYS[10], ARGV[6], parked)
-redis.call('LPUSH', KEYS[11], message)
+redis.call('LPUSH', KEYS[9], message)
 return 'resurrected'
 """
 )
 
-# KEYS: fate, outcomes, journal, index, then (a dead letter) dead by call, dead all, dead
-#       record, dead by reason, dead by code
+# KEYS: fate, outcomes, then (a dead letter) dead by call, dead all, dead record, dead by
+#       reason, dead by code
 # ARGV: outcome, fate_ttl, event_id, then record json, reason, call_id, code, died_at_ms
 _FINISH = (
-    _FORGET
-    + STORE_RECORD
+    STORE_RECORD
     + """
-forget(KEYS[3], KEYS[4], ARGV[3])
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-if #KEYS > 4 then
-  store_record(KEYS[6], KEYS[7], KEYS[8], KEYS[5], KEYS[9], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+if #KEYS > 2 then
+  store_record(KEYS[4], KEYS[5], KEYS[6], KEYS[3], KEYS[7], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
                ARGV[7], ARGV[8])
 end
 return 1
-"""
-)
-
-# KEYS: fate, journal, index; ARGV: event_id, message, tag, enqueued_at_ms, ttl
-_TRACK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[2], 'message', ARGV[2], 'tag', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return 1
-"""
-
-# KEYS: fate, journal, index, kombu's unacked hash, queue
-# ARGV: event_id, expected tag, new message, new tag, now_ms
-_RECOVER = (
-    _FORGET
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  forget(KEYS[2], KEYS[3], ARGV[1])
-  return 'finished'
-end
-if redis.call('HGET', KEYS[2], 'tag') ~= ARGV[2] then return 'moved' end
-if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 'in_flight' end
-redis.call('HSET', KEYS[2], 'message', ARGV[3], 'tag', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-redis.call('LPUSH', KEYS[5], ARGV[3])
-return 'recovered'
 """
 )
 
@@ -465,9 +403,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 )
-
-KOMBU_UNACKED = "unacked"
-"""Where kombu's Redis transport records the messages it delivered and awaits acks for."""
 
 
 class Ordering:
@@ -497,8 +432,6 @@ class Ordering:
         self._claim_settles = client.register_script(_CLAIM_SETTLES)
         self._dead = client.register_script(_DEAD)
         self._finish = client.register_script(_FINISH)
-        self._track = client.register_script(_TRACK)
-        self._recover = client.register_script(_RECOVER)
         self._release = client.register_script(_RELEASE)
 
     def default_versions(self, call_ids: Sequence[str]) -> list[int]:
@@ -531,22 +464,10 @@ class Ordering:
         *,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """Queue a message, register its version as pending and journal it, in one step."""
+        """Queue a message and register its version as pending, in one step."""
         self._register(
-            keys=[
-                self.keys.pending(call_id),
-                self.queue,
-                self.keys.journal(event_id),
-                self.keys.journal_index,
-            ],
-            args=[
-                version,
-                event_id,
-                message,
-                self.version_ttl,
-                delivery_tag_of(message),
-                enqueued_at_of(message) or _now_ms(),
-            ],
+            keys=[self.keys.pending(call_id), self.queue],
+            args=[version, event_id, message, self.version_ttl],
             client=pipe or self.client,
         )
 
@@ -571,8 +492,6 @@ class Ordering:
                 k.lease(call_id),
                 k.fate(event_id),
                 k.outcomes,
-                k.journal(event_id),
-                k.journal_index,
                 k.unsettled(call_id),
                 k.settle_index,
             ],
@@ -587,7 +506,6 @@ class Ordering:
                 in_doubt(version, token, event_id),
                 now + lease_ms + self.settle_ms,
                 call_id,
-                now,
                 k.fate(""),
             ],
         )
@@ -714,8 +632,6 @@ class Ordering:
                 token,
                 self.fate_ttl,
                 self.version_ttl,
-                k.journal(""),
-                _now_ms(),
                 call_id,
                 in_doubt(version, token, event_id) if version is not None and token else "",
                 *record.script_args(),
@@ -726,60 +642,12 @@ class Ordering:
         """A fate outside any call's ordering (an event too broken to have a call), with its
         dead letter when it has one; False if the event already had a fate."""
         k = self.keys
-        keys = [k.fate(event_id), k.outcomes, k.journal(event_id), k.journal_index]
+        keys = [k.fate(event_id), k.outcomes]
         args: list[str | int] = [outcome.value, self.fate_ttl, event_id]
         if record is not None:
             keys += DeadLetterStore.record_keys(k, record)
             args += record.script_args()
         return bool(self._finish(keys=keys, args=args))
-
-    def track(self, event_id: str, message: str, *, enqueued_at_ms: int) -> None:
-        """The event's message is now this one (a retry, due at `enqueued_at_ms`)."""
-        self._track(
-            keys=[self.keys.fate(event_id), self.keys.journal(event_id), self.keys.journal_index],
-            args=[event_id, message, delivery_tag_of(message), enqueued_at_ms, self.version_ttl],
-        )
-
-    def recover_lost(self, *, grace_ms: int, batch: int = 500) -> int:
-        """Send again the messages of unfinished events that are neither on the queue nor
-        held by a worker; returns how many.
-
-        The queue is first in, first out, so a journaled message that entered it before the
-        queue's oldest message did (less `grace_ms` for clocks and the retry mover's lag) has
-        left it; if kombu does not list it as delivered either, it was lost in between (a
-        worker killed right after Redis handed it over, a connection cut mid-reply). A wrong
-        guess only sends a duplicate, which the event's fate makes harmless. At most `batch`
-        journal entries are looked at per call (the oldest), so a call's work is bounded.
-        """
-        now = _now_ms()
-        oldest = self.client.lindex(self.queue, -1)
-        oldest_at = now if oldest is None else enqueued_at_of(oldest)
-        if oldest_at is None:
-            return 0  # another producer's message leads the queue: no safe cut-off now
-        cutoff = min(now, oldest_at) - grace_ms
-        recovered = 0
-        candidates = self.client.zrangebyscore(
-            self.keys.journal_index, "-inf", f"({cutoff}", start=0, num=batch
-        )
-        for raw_id in candidates:
-            event_id = raw_id.decode()
-            message, tag = self.client.hmget(self.keys.journal(event_id), "message", "tag")
-            if message is None:
-                self.client.zrem(self.keys.journal_index, event_id)
-                continue
-            fresh = retagged(message.decode(), enqueued_at_ms=now)
-            answer = self._recover(
-                keys=[
-                    self.keys.fate(event_id),
-                    self.keys.journal(event_id),
-                    self.keys.journal_index,
-                    KOMBU_UNACKED,
-                    self.queue,
-                ],
-                args=[event_id, tag, fresh, delivery_tag_of(fresh), now],
-            ).decode()
-            recovered += answer == "recovered"
-        return recovered
 
     def release(
         self, call_id: str, *, token: str, version: int | None = None, event_id: str = ""
@@ -806,8 +674,6 @@ class Ordering:
             k.lease(call_id),
             k.fate(event_id),
             k.outcomes,
-            k.journal(event_id),
-            k.journal_index,
         ]
 
     def applied_version(self, call_id: str) -> int | None:

@@ -3,7 +3,7 @@
 kombu's Redis transport takes a message with BRPOP and records it in its `unacked` hash in a
 second round trip. A worker killed between the two loses the message; one killed after leaves
 it there until the visibility timeout (300 s here) runs out. Neither depends on who published
-the message, so the publisher's journal cannot cover producers other than ours.
+the message, so the fix belongs to the consumer, not to the publisher.
 
 Here the queue is consumed with BLMOVE into a list of the consumer's own (its *held* list), so
 taking a message and recording who holds it are one step in Redis, and the ack removes it
@@ -124,6 +124,22 @@ for i = 2, #KEYS do
 end
 return false
 """
+
+
+def fetch_keys(prefix: str, queue: str) -> tuple[str, str]:
+    """The queue's registry of consumers, and what each consumer's held list is named after
+    (append the consumer id)."""
+    return f"{prefix}:{queue}:consumers", f"{prefix}:{queue}:held:"
+
+
+def held_messages(client: redis.Redis, prefix: str, queue: str) -> int:
+    """How many of the queue's messages its registered consumers have taken and not yet
+    acknowledged (a dead consumer's count until a live one takes them back)."""
+    registry, held_prefix = fetch_keys(prefix, queue)
+    pipe = client.pipeline(transaction=False)
+    for consumer in client.zrange(registry, 0, -1):
+        pipe.llen(held_prefix + consumer.decode())
+    return sum(pipe.execute())
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -293,11 +309,11 @@ class ReliableFetch:
         """The channel's identity and keys, fixed at its first fetch."""
         if self._fetch_queue is not None:
             return
-        prefix = f"{self.global_keyprefix}{self.fetch_key_prefix}:{queue}"
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._queue_key = self.global_keyprefix + queue
-        self._registry_key = f"{prefix}:consumers"
-        self._held_prefix = f"{prefix}:held:"
+        self._registry_key, self._held_prefix = fetch_keys(
+            self.global_keyprefix + self.fetch_key_prefix, queue
+        )
         self._held_key = self._held_prefix + self._consumer
         self._priority_keys = [
             self.global_keyprefix + key

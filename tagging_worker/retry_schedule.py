@@ -55,42 +55,32 @@ class RetrySchedule:
 
 class Housekeeper(threading.Thread):
     """Beside every worker: moves due retries to the queue, queues the settle checks of calls
-    whose writes of unknown outcome can no longer land, and runs `watch` each `interval`; and
-    every `recover_every` seconds sends again messages lost between Redis and a dying worker.
+    whose writes of unknown outcome can no longer land, and runs `watch` each `interval`.
     Redis errors are logged and retried on the next tick: the worker outlives a Redis restart.
     """
 
     def __init__(
         self,
         schedule: RetrySchedule,
-        recover: Callable[[], int],
         watch: Callable[[], None],
         *,
         settle: Callable[[], int],
         interval: float,
-        recover_every: float,
     ) -> None:
         super().__init__(name="tagging-housekeeper", daemon=True)
         self._schedule = schedule
-        self._recover = recover
         self._settle = settle
         self._watch = watch
         self._interval = interval
-        self._recover_every = recover_every
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        next_recovery = time.monotonic() + self._recover_every
         while not self._stopped.is_set():
             try:
                 self._watch()
                 while self._schedule.move_due() and not self._stopped.is_set():
                     pass
                 self._settle()
-                if time.monotonic() >= next_recovery:
-                    next_recovery = time.monotonic() + self._recover_every
-                    if recovered := self._recover():
-                        log.warning("sent again %d lost messages", recovered)
             except redis.RedisError as exc:
                 log.warning("housekeeping: Redis unavailable (%s); trying again", exc)
             self._stopped.wait(self._interval)

@@ -205,12 +205,6 @@ class Settings(BaseSettings):
         "worker's messages are delivered again within about 1.25 times this.",
     )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
-    recover_after_seconds: float = Field(
-        default=60.0,
-        ge=1,
-        description="A message of an unfinished event that is on neither the queue nor a "
-        "worker is sent again after this margin (for clock skew between hosts).",
-    )
 
     @model_validator(mode="after")
     def _sentinel_has_a_master(self) -> Settings:

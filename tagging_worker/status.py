@@ -6,18 +6,27 @@ from typing import Any
 
 from celery import Celery
 
+from tagging_worker.reliable_fetch import held_messages
 from tagging_worker.runtime import Runtime
 
 
 def gather(rt: Runtime) -> dict[str, Any]:
     """Counts are read one after another, not in one transaction: a busy system moves
-    between them, which is fine for a view. Redis only: metrics scrapes use it too."""
+    between them, which is fine for a view. Redis only: metrics scrapes use it too.
+
+    `unfinished_events` counts the task messages still to run: queued, held by workers
+    (taken, not acknowledged) and waiting to retry, settle checks included. Events parked
+    behind a newer version of their call are not counted: they sit in per-call keys that no
+    index lists, and most of them end superseded without running."""
     outcomes = rt.outcomes.snapshot()
+    queued = int(rt.redis.llen(rt.settings.queue))
+    delayed = rt.retries.pending()
+    held = held_messages(rt.redis, rt.keys.fetch, rt.settings.queue)
     return {
         "queue": rt.settings.queue,
-        "queued": int(rt.redis.llen(rt.settings.queue)),
-        "delayed_retries": rt.retries.pending(),
-        "unfinished_events": int(rt.redis.zcard(rt.keys.journal_index)),
+        "queued": queued,
+        "delayed_retries": delayed,
+        "unfinished_events": queued + held + delayed,
         "dead_letters": rt.dead_letters.count(),
         "dead_letters_by_reason": rt.dead_letters.count_by_reason(),
         "dead_letters_by_code": rt.dead_letters.count_by_code(),

@@ -342,7 +342,7 @@ def _bury(
 
 def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, str | None]:
     """The event id and call of an event, even one that is not valid here (a producer with
-    other limits accepted it): its registration and journal live under those."""
+    other limits accepted it): its registration and fate live under those."""
     if update is not None:
         return update.event_id, update.call_id
     event_id, call_id = _peek(raw, "event_id"), _peek(raw, "call_id")
@@ -374,24 +374,16 @@ def _after_internal_error(
     return _bury(rt, state, update, "internal_error", detail, task_id=task_id, token=p.token).value
 
 
-def _message(
-    rt: Runtime, update: TagUpdate, state: RetryState, *, enqueued_at_ms: int | None = None
-) -> str:
+def _message(rt: Runtime, update: TagUpdate, state: RetryState) -> str:
     """The event as a self-contained message, to run again later or to hold back."""
     return build_task_message(
-        update.as_event(),
-        queue=rt.settings.queue,
-        retry_state=state.as_dict(),
-        enqueued_at_ms=enqueued_at_ms,
+        update.as_event(), queue=rt.settings.queue, retry_state=state.as_dict()
     )
 
 
 def _later(rt: Runtime, update: TagUpdate, state: RetryState, delay: float) -> None:
-    """Park the event's next message in the retry schedule and journal it as its message."""
-    due_ms = int((time.time() + delay) * 1000)
-    message = _message(rt, update, state, enqueued_at_ms=due_ms)
-    rt.retries.schedule(message, delay=delay)
-    rt.ordering.track(update.event_id, message, enqueued_at_ms=due_ms)
+    """Park the event's next message in the retry schedule."""
+    rt.retries.schedule(_message(rt, update, state), delay=delay)
 
 
 def _validated(rt: Runtime, raw: Any, task_id: str) -> TagUpdate:

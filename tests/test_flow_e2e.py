@@ -139,10 +139,11 @@ def test_an_outage_stops_the_calls_and_every_event_is_applied_when_it_ends(
     assert len(during) <= workers * slots + probes + 1
     assert len(calls) <= threshold + workers * slots + probes + 1 + n
     # Consumption paused: the events stayed in Redis, and only the few taken each time a
-    # probe was due were held back (64-75 here); taking messages all along holds every event
-    # about once per cool-down (1,147 measured with the pause switched off).
+    # probe was due were held back (about 170 on average, at most 226 in 34 runs, since a hold
+    # costs one script less than it did); taking messages all along holds every event about
+    # once per cool-down (1,147 measured with the pause switched off).
     assert queued + waiting >= n - threshold - workers * slots
-    assert held <= (outage / cooldown + 2) * workers * slots * 4
+    assert held <= (outage / cooldown + 2) * workers * slots * 6
 
 
 def test_a_rejected_signature_stops_the_calls_is_reported_once_and_nothing_is_dead_lettered(

@@ -1,9 +1,9 @@
 """Messages from any producer survive the death of the worker that took them.
 
-None of these messages goes through `tagging_worker.publish` (whose journal re-sends lost
-messages of its own): they come from Celery's `send_task` or are pushed onto the queue as
-protocol-2 envelopes, as producers in other languages do. The visibility timeout stays at its
-default (300 s), so a message that comes back sooner came back through reliable fetch.
+None of these messages goes through `tagging_worker.publish`: they come from Celery's
+`send_task` or are pushed onto the queue as protocol-2 envelopes, as producers in other
+languages do. The visibility timeout stays at its default (300 s), so a message that comes
+back sooner came back through reliable fetch.
 """
 
 from __future__ import annotations
