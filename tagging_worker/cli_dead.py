@@ -96,7 +96,7 @@ def dead_list(
             r["reason"],
             last_code(r) or "-",
             str(r["call_id"]),
-            str(len(r["attempts"])),
+            str(_attempts_made(r)),
             r["detail"],
         )
     out.print(table)
@@ -123,9 +123,13 @@ def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
     table = Table(title="attempts")
     for column in ("#", "at", "kind", "counted", "code", "http", "request_id", "message"):
         table.add_column(column, overflow="fold")
-    for n, a in enumerate(record["attempts"], 1):
+    kept = record["attempts"]
+    elided = _attempts_made(record) - len(kept)
+    for n, a in enumerate(kept, 1):
+        if n == 2 and elided > 0:
+            table.add_row("…", "", "", "", "", "", "", f"{elided} attempts in between not kept")
         table.add_row(
-            str(n),
+            str(n if n == 1 or elided <= 0 else n + elided),
             _when(a["at"]),
             a["kind"],
             "yes" if a.get("charged", True) else "no",
@@ -388,6 +392,13 @@ def _write_lines(records: Iterable[dict[str, Any]], stream: Any) -> int:
         count += 1
     stream.flush()
     return count
+
+
+def _attempts_made(record: dict[str, Any]) -> int:
+    """All attempts the event made; a record keeps only the first and the latest ones."""
+    counts = record.get("attempt_counts")
+    made = counts.get("attempts_made") if isinstance(counts, dict) else None
+    return made if isinstance(made, int) else len(record["attempts"])
 
 
 def _when(ts: float, *, short: bool = False) -> str:

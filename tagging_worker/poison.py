@@ -145,7 +145,7 @@ class PoisonAwareConsumer(Consumer):
             "headers": headers,
             "raw_body": raw.decode("utf-8", "replace"),
         }
-        rt.dead_letters.add(
+        record = rt.dead_letters.prepare(
             record_id=record_id,
             reason=reason,
             detail=detail,
@@ -155,8 +155,12 @@ class PoisonAwareConsumer(Consumer):
             first_seen=time.time(),
             task_id=record_id,
         )
-        rt.ordering.finish(record_id, Outcome.DEAD)
+        if not rt.ordering.finish(record_id, Outcome.DEAD, record):
+            message.ack()  # delivered again after it was dead-lettered: one record is enough
+            return
         from tagging_worker import observe  # imports metrics: not before the worker set them up
 
         observe.dead(record_id, None, reason, detail, attempts=0, code=None)
+        if trimmed := rt.dead_letters.trim():
+            observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
         message.ack()

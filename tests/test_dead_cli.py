@@ -13,7 +13,10 @@ from typing import Any
 
 import redis
 
+from tagging_worker.api import ApiFailure
+from tagging_worker.classify import FailureKind
 from tagging_worker.event import EventLimits, validate_event
+from tagging_worker.retry_state import RetryState
 from tagging_worker.runtime import Runtime
 from tests.conftest import queued_event_ids, queued_events, run_cli, wait_for
 
@@ -92,6 +95,34 @@ def test_list_writes_json_lines_for_scripts(worker_env: dict[str, str], runtime:
     _bury(runtime, "e2")
     done = run_cli(worker_env, "dead", "list", "--jsonl")
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == ["e2", "e1"]
+
+
+def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
+    worker_env: dict[str, str], runtime: Runtime
+) -> None:
+    """An event that waited out a long outage made 40 attempts; its record keeps the first
+    and the latest: `list` counts 40, `show` numbers them 1 and 31..40 and says what is missing."""
+    state = RetryState(received={"call_id": "call-1", "tags": ["a"]}, first_seen=time.time())
+    failure = ApiFailure(FailureKind.TRANSIENT, "ServiceUnavailable", "busy", 503, "REQ", 0.1)
+    for n in range(40):
+        state = state.after(failure, time.time() + n, charged=n < 3)
+    runtime.dead_letters.add(
+        record_id="e40",
+        reason="expired",
+        detail="ServiceUnavailable: busy",
+        event=state.received,
+        normalized=None,
+        attempts=state.attempts,
+        attempt_counts=state.counts,
+        first_seen=state.first_seen,
+        task_id="e40",
+    )
+
+    listed = run_cli(worker_env, "dead", "list")
+    assert " 40 " in listed.stdout or "│ 40" in listed.stdout, listed.stdout
+    shown = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "show", "e40").stdout
+    assert "29 attempts in between not kept" in shown
+    assert "│ 40 " in shown and "│ 12 " not in shown
 
 
 def test_show_gives_the_whole_attempt_history(worker_env: dict[str, str], runtime: Runtime) -> None:
