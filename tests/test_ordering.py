@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 import redis
 
-from tagging_worker.dead_letters import DeadLetterStore, Restored
+from tagging_worker.dead_letters import DeadLetterStore, DeadRecord, Restored
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
 from tagging_worker.ordering import Begin, Ordering, Recorded, Repair, Settle
@@ -45,19 +45,24 @@ def _applied(ordering: Ordering, version: int, event_id: str, token: str = "t") 
     return recorded.fate is not None
 
 
-def _dead(ordering: Ordering, event_id: str, token: str) -> str:
+def _record(ordering: Ordering, event: dict, *, applied_version: int | None = None) -> DeadRecord:
+    """The dead letter of a refused event of call-1."""
     store = DeadLetterStore(ordering.client, ordering.keys, max_records=100)
-    event = {"call_id": "call-1", "tags": ["x"], "event_id": event_id}
-    record = store.prepare(
-        record_id=event_id,
+    return store.prepare(
+        record_id=event["event_id"],
         reason="permanent_error",
         detail="InvalidParameter: no",
         event=event,
-        normalized=None,
+        normalized=event if "version" in event else None,
         attempts=[],
         first_seen=0.0,
         task_id="t",
+        applied_version=applied_version,
     )
+
+
+def _dead(ordering: Ordering, event_id: str, token: str) -> str:
+    record = _record(ordering, {"call_id": "call-1", "tags": ["x"], "event_id": event_id})
     return ordering.dead("call-1", event_id, record, token=token)
 
 
@@ -329,17 +334,7 @@ def test_a_replay_after_redis_forgot_the_calls_version_cannot_regress_it(
     assert _applied(ordering, 5, "e5")
     assert _begin(ordering, 3, "e3", token="x") is Begin.STALE
     event = {"call_id": "call-1", "tags": ["v3"], "version": 3, "event_id": "e3b"}
-    record = store.prepare(
-        record_id="e3b",
-        reason="permanent_error",
-        detail="InvalidParameter: no",
-        event=event,
-        normalized=event,
-        attempts=[],
-        first_seen=0.0,
-        task_id="t",
-        applied_version=ordering.applied_version("call-1"),
-    )
+    record = _record(ordering, event, applied_version=ordering.applied_version("call-1"))
     assert ordering.finish("e3b", Outcome.DEAD, record)
     redis_client.delete(ordering.keys.applied("call-1"), ordering.keys.tags("call-1"))
 
