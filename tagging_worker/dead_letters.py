@@ -421,7 +421,7 @@ class DeadLetterStore:
         """Forget a record; the event's fate stays `dead` in the ledger."""
         raw = self._redis.hget(self._keys.dead_record(record_id), "call_id")
         call_id = raw.decode() if raw is not None else None
-        return self._take_record(record_id, call_id, args=["", "", "", "", 0, ""]) == 1
+        return self._take_record(record_id, call_id) == 1
 
     def replay(
         self,
@@ -450,14 +450,12 @@ class DeadLetterStore:
         moved = self._take_record(
             record_id,
             call_id,
-            args=[
-                queue,
-                message,
-                raw.decode(),
-                event_id,
-                fields.get("version", 0) if registered else 0,
-                floor if isinstance(floor, int) else "",
-            ],
+            queue=queue,
+            message=message,
+            expected=raw.decode(),
+            event_id=event_id,
+            version=fields.get("version", 0) if registered else 0,
+            floor=floor if isinstance(floor, int) else "",
             pending=self._keys.pending(fields["call_id"]) if registered else "",
         )
         if moved == -1:
@@ -469,11 +467,16 @@ class DeadLetterStore:
         record_id: str,
         call_id: str | None,
         *,
-        args: list[Any],
+        queue: str = "",
+        message: str = "",
+        expected: str = "",
+        event_id: str = "",
+        version: int = 0,
+        floor: int | str = "",
         pending: str = "",
     ) -> int:
+        """Remove the record; with a `queue`, also put `message` on it (see `_TAKE`)."""
         k = self._keys
-        queue, message, expected, event_id, version, floor = args
         return int(
             self._take(
                 keys=[
