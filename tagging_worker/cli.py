@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
@@ -103,30 +103,41 @@ def publish(
         event.update({k: v for k, v in extra.items() if v is not None})
         events = [event]
     else:
-        err.print("tagging-worker: give --call-id (with --tag/--tags-json) or --file")
-        raise SystemExit(2)
+        _bad_input("give --call-id (with --tag/--tags-json) or --file")
     publisher = Publisher.from_settings(settings_or_exit())
     try:
         ids = publisher.publish_many(events)
     except InvalidEvent as exc:
-        err.print(f"tagging-worker: invalid event, nothing published: {exc}", markup=False)
-        raise SystemExit(2) from None
+        _bad_input(f"invalid event, nothing published: {exc}")
     for published in ids:
         out.print(published, markup=False)
 
 
-def _read_events(file: Path) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+def _read_events(file: Path) -> list[Any]:
+    """Strict UTF-8 whatever the locale, so bytes that are not text are named as such instead
+    of turning into lone surrogates in the events."""
     try:
-        stripped = text.strip()
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        stripped = data.decode("utf-8").strip()
         if stripped.startswith("["):
             return list(json.loads(stripped))
         if stripped.startswith("{") and "\n" not in stripped:
             return [json.loads(stripped)]
         return [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    except OSError as exc:
+        _bad_input(f"{file}: cannot read it: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        _bad_input(f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})")
     except json.JSONDecodeError as exc:
-        err.print(f"tagging-worker: {file}: not JSON: {exc}", markup=False)
-        raise SystemExit(2) from None
+        _bad_input(f"{file}: not JSON: {exc}")
+    except RecursionError:
+        _bad_input(f"{file}: JSON nested too deeply to read")
+
+
+def _bad_input(reason: str) -> NoReturn:
+    """One plain line (no wrapping at the terminal's width) and exit 2: bad input."""
+    print(f"tagging-worker: {reason}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 @cli.command()

@@ -1,23 +1,30 @@
 """Tag-update events: validation and the encoding the API expects (pure, no I/O).
 
 Everything a producer can get wrong is caught here with a reason that names the field, so a
-bad event is dead-lettered with an answer instead of reaching the API.
+bad event is dead-lettered with an answer instead of reaching the API. That includes text
+that is not valid Unicode (lone surrogates, which JSON's `"\\ud800"` decodes to): it cannot be
+encoded as UTF-8, so it could be neither queued, nor dead-lettered, nor sent.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from tagging_worker import plain_json
+from tagging_worker.plain_json import LONE_SURROGATE, SURROGATE
 
 MAX_VERSION = 2**53 - 1  # sorted-set scores and Lua numbers are doubles: exact up to here
 MAX_EVENT_ID_LENGTH = 128
 MAX_CALL_ID_LENGTH = 4096
 """The longest call id any deployment can be set to accept (TAGGING_MAX_CALL_ID_LENGTH)."""
 MAX_SOURCE_LENGTH = 128
+MAX_EXTRA_DEPTH = 16
+"""Arrays and objects an extra field may nest: deeper is no record a producer means to keep."""
 KNOWN_FIELDS = ("call_id", "tags", "version", "event_id", "occurred_at", "source")
 
 
@@ -62,6 +69,11 @@ class InvalidEvent(ValueError):
     """The event cannot be applied; the message names the field and the problem."""
 
 
+_UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""Control characters (category Cc), line and paragraph separators, and surrogates (Cs): one
+C-speed scan of a field finds both kinds of trouble."""
+
+
 def encode_tags(tags: Sequence[str]) -> str:
     """What the API's `Tags` parameter takes: compact JSON, non-ASCII kept as it is."""
     return json.dumps(list(tags), ensure_ascii=False, separators=(",", ":"))
@@ -70,18 +82,23 @@ def encode_tags(tags: Sequence[str]) -> str:
 def validate_event(
     raw: object, *, limits: EventLimits, default_version: int, default_event_id: str
 ) -> TagUpdate:
+    event = require_object(raw)
+    return TagUpdate(
+        call_id=_call_id(event.get("call_id"), limits),
+        tags=_tags(event, limits),
+        version=_version(event.get("version"), default_version),
+        event_id=_optional_text(event, "event_id", MAX_EVENT_ID_LENGTH) or default_event_id,
+        occurred_at=_occurred_at(event.get("occurred_at")),
+        source=_optional_text(event, "source", MAX_SOURCE_LENGTH),
+        extra=_extra(event),
+    )
+
+
+def require_object(raw: object) -> Mapping[Any, Any]:
+    """Nothing else about an event can be checked, or defaulted, until it is an object."""
     if not isinstance(raw, Mapping):
         raise InvalidEvent(f"event must be a JSON object, got {_type(raw)}")
-    extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
-    return TagUpdate(
-        call_id=_call_id(raw.get("call_id"), limits),
-        tags=_tags(raw, limits),
-        version=_version(raw.get("version"), default_version),
-        event_id=_optional_text(raw, "event_id", MAX_EVENT_ID_LENGTH) or default_event_id,
-        occurred_at=_occurred_at(raw.get("occurred_at")),
-        source=_optional_text(raw, "source", MAX_SOURCE_LENGTH),
-        extra=extra,
-    )
+    return raw
 
 
 def _call_id(value: object, limits: EventLimits) -> str:
@@ -95,8 +112,7 @@ def _call_id(value: object, limits: EventLimits) -> str:
         raise InvalidEvent(
             f"call_id is {len(value)} characters, more than {limits.max_call_id_length}"
         )
-    if _has_control(value):
-        raise InvalidEvent("call_id contains control characters")
+    _check_text("call_id", value)
     if value != value.strip():
         raise InvalidEvent("call_id has leading or trailing whitespace")
     return value
@@ -111,6 +127,8 @@ def _tags(raw: Mapping[str, Any], limits: EventLimits) -> tuple[str, ...]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise InvalidEvent(f"tags is a string but not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InvalidEvent("tags is a JSON string nested too deeply to read") from None
         if not isinstance(value, list):
             raise InvalidEvent(f"tags is a JSON string holding {_type(value)}, not an array")
     if not isinstance(value, list):
@@ -129,8 +147,7 @@ def _tag(index: int, tag: object, limits: EventLimits) -> str:
     trimmed = tag.strip()
     if not trimmed:
         raise InvalidEvent(f"tags[{index}] is empty")
-    if _has_control(trimmed):
-        raise InvalidEvent(f"tags[{index}] contains control characters")
+    _check_text(f"tags[{index}]", trimmed)
     if len(trimmed) > limits.max_tag_length:
         raise InvalidEvent(
             f"tags[{index}] is {len(trimmed)} characters, more than {limits.max_tag_length}"
@@ -160,8 +177,7 @@ def _optional_text(raw: Mapping[str, Any], name: str, max_length: int) -> str | 
         raise InvalidEvent(f"{name} is empty")
     if len(value) > max_length:
         raise InvalidEvent(f"{name} is {len(value)} characters, more than {max_length}")
-    if _has_control(value):
-        raise InvalidEvent(f"{name} contains control characters")
+    _check_text(name, value)
     return value
 
 
@@ -170,6 +186,8 @@ def _occurred_at(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(f"occurred_at must be an ISO-8601 string, got {_type(value)}")
+    if SURROGATE.search(value):
+        raise InvalidEvent(f"occurred_at {LONE_SURROGATE}")
     text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     try:
         datetime.fromisoformat(text)
@@ -178,8 +196,22 @@ def _occurred_at(value: object) -> str | None:
     return value
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029" for ch in text)
+def _check_text(name: str, text: str) -> None:
+    found = _UNFIT.search(text)
+    if found is None:
+        return
+    if SURROGATE.match(found.group()):
+        raise InvalidEvent(f"{name} {LONE_SURROGATE}")
+    raise InvalidEvent(f"{name} contains control characters")
+
+
+def _extra(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """Unknown fields travel with the event through Redis, retries and dead letters as UTF-8
+    JSON, so they must be JSON values with valid text, within MAX_EXTRA_DEPTH."""
+    extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
+    if (problem := plain_json.problem(extra, max_depth=MAX_EXTRA_DEPTH)) is not None:
+        raise InvalidEvent(f"extra field {problem}")
+    return extra
 
 
 def _type(value: object) -> str:

@@ -10,13 +10,20 @@ skip older events that a newer one will overwrite anyway.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tagging_worker.event import EventLimits, InvalidEvent, TagUpdate, validate_event
+from tagging_worker.event import (
+    EventLimits,
+    InvalidEvent,
+    TagUpdate,
+    require_object,
+    validate_event,
+)
 from tagging_worker.messages import build_task_message
 from tagging_worker.ordering import Ordering
 from tagging_worker.runtime import Runtime
@@ -36,7 +43,8 @@ class Publisher:
         """Queue one event; returns its `event_id`.
 
         `validate=False` lets tools put a deliberately bad event on the queue (the demo, tests
-        of the dead-letter path); a normal producer never needs it.
+        of the dead-letter path); a normal producer never needs it. Even then the event must be
+        an object that encodes as UTF-8 JSON, or it could not be queued at all.
         """
         return self.publish_many([event], validate=validate)[0]
 
@@ -62,7 +70,7 @@ class Publisher:
     def _prepare(
         self, event: Mapping[str, Any], validate: bool
     ) -> tuple[dict[str, Any], TagUpdate | None]:
-        full = dict(event)
+        full = dict(require_object(event))
         full.setdefault("event_id", str(uuid.uuid4()))
         try:
             update = validate_event(
@@ -74,6 +82,7 @@ class Publisher:
         except InvalidEvent:
             if validate:
                 raise
+            _require_encodable(full)
             update = None
         return full, update
 
@@ -96,6 +105,14 @@ class Publisher:
         return done
 
 
+def _require_encodable(event: dict[str, Any]) -> None:
+    """Checked before anything is sent, so an unvalidated batch is still all or nothing."""
+    try:
+        json.dumps(event, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidEvent(f"event cannot be queued even unvalidated: {exc}") from None
+
+
 def publish_tag_update(
     call_id: str,
     tags: Sequence[str] | str,
@@ -109,7 +126,7 @@ def publish_tag_update(
     """Publish one event with the settings from the environment; returns its `event_id`."""
     event: dict[str, Any] = {
         "call_id": call_id,
-        "tags": tags if isinstance(tags, str) else list(tags),
+        "tags": list(tags) if isinstance(tags, Iterable) and not isinstance(tags, str) else tags,
     }
     optional = {
         "version": version,

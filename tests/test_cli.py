@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -113,6 +114,110 @@ def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
     assert result.returncode == 2
     assert "call_id is empty" in result.stderr
     assert redis_client.llen(runtime.settings.queue) == 0
+
+
+LONE = "contains a lone surrogate (not valid Unicode text)"
+
+
+def _refused_in_one_line(result: subprocess.CompletedProcess[str], reason: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tagging-worker: ") and reason in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"call_id": "call-\\ud800", "tags": []}', f"call_id {LONE}"),
+        ('{"call_id": "c", "tags": ["a", "b", "\\udfff"]}', f"tags[2] {LONE}"),
+        ('{"call_id": "c", "tags": "[\\"\\\\ud800\\"]"}', f"tags[0] {LONE}"),
+        ('{"call_id": "c", "tags": [], "event_id": "\\udc00"}', f"event_id {LONE}"),
+        ('{"call_id": "c", "tags": [], "source": "crm\\ud800"}', f"source {LONE}"),
+        ('{"call_id": "c", "tags": [], "crm": {"note": "\\ud800"}}', f"'crm.note' {LONE}"),
+        ('{"call_id": "c", "tags": [], "crm": {"\\ud800": 1}}', "extra field name 'crm.\\ud800'"),
+    ],
+    ids=["call_id", "tag", "tags JSON", "event_id", "source", "extra value", "extra key"],
+)
+def test_publish_refuses_a_lone_surrogate_from_stdin_in_one_line_naming_the_field(
+    worker_env: dict[str, str],
+    runtime: Runtime,
+    redis_client: redis.Redis,
+    line: str,
+    reason: str,
+) -> None:
+    good = json.dumps({"call_id": "call-ok", "tags": []})
+
+    result = run_cli(worker_env, "publish", "--file", "-", stdin=f"{good}\n{line}\n")
+
+    _refused_in_one_line(result, reason)
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+
+def test_publish_refuses_a_lone_surrogate_in_a_file_of_events(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.json"
+    events.write_text('[{"call_id": "c1", "tags": []}, {"call_id": "c2", "tags": ["\\udfff"]}]')
+
+    result = run_cli(worker_env, "publish", "--file", str(events))
+
+    _refused_in_one_line(result, f"tags[0] {LONE}")
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--call-id", "call-\udcff", "--tag", "a"], f"call_id {LONE}"),
+        (["--call-id", "c", "--tag", "ok", "--tag", "\udcfe"], f"tags[1] {LONE}"),
+        (["--call-id", "c", "--tags-json", '["\\ud800"]'], f"tags[0] {LONE}"),
+        (["--call-id", "c", "--tag", "a", "--event-id", "e\udcff"], f"event_id {LONE}"),
+        (["--call-id", "c", "--tag", "a", "--source", "\udc80"], f"source {LONE}"),
+    ],
+    ids=["call-id", "tag", "tags-json", "event-id", "source"],
+)
+def test_publish_refuses_arguments_that_are_not_utf8_in_one_line_naming_the_field(
+    worker_env: dict[str, str],
+    runtime: Runtime,
+    redis_client: redis.Redis,
+    args: list[str],
+    reason: str,
+) -> None:
+    """A lone surrogate in an argument is how Python hands on bytes that are not UTF-8: the
+    child gets the raw byte (0xff for "\\udcff")."""
+    result = run_cli(worker_env, "publish", *args)
+
+    _refused_in_one_line(result, reason)
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"call_id": "c\xff", "tags": []}', "not UTF-8 text"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b"[1]", "event must be a JSON object, got int"),
+        (b'{"call_id": "c", "tags": [], "crm": ' + b"[" * 20 + b"]" * 20 + b"}", "nests deeper"),
+    ],
+    ids=["invalid UTF-8", "nested 100,000 deep", "not an object", "extra nested 20 deep"],
+)
+def test_publish_refuses_an_unreadable_file_of_events_in_one_line(
+    worker_env: dict[str, str], runtime: Runtime, tmp_path: Path, content: bytes, reason: str
+) -> None:
+    events = tmp_path / "events.json"
+    events.write_bytes(content)
+
+    _refused_in_one_line(run_cli(worker_env, "publish", "--file", str(events)), reason)
+
+
+def test_publish_of_a_missing_file_says_so_in_one_line(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.jsonl"
+
+    _refused_in_one_line(run_cli(worker_env, "publish", "--file", str(missing)), str(missing))
 
 
 def test_dead_show_of_an_unknown_id_exits_1(worker_env: dict[str, str], runtime: Runtime) -> None:
