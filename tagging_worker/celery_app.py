@@ -159,6 +159,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # its deadline for this long is dead, and its messages go back on the queue.
         "fetch_key_prefix": Keys(settings.key_prefix).fetch,
         "fetch_heartbeat_ttl": settings.fetch_heartbeat_ttl_seconds,
+        "fetch_max_crashes": settings.poison_after_crashes,
         # kombu's own restore, for what still enters its unacked hash: messages taken by
         # workers of an earlier version during a rolling upgrade, and `basic_get`. Longer than
         # any task runs; should it run out early, the per-call lease and the event's fate keep

@@ -15,6 +15,9 @@ import signal
 
 log = logging.getLogger(__name__)
 
+BEFORE_BEGIN = "before_begin"
+"""The event is valid; nothing about it is recorded yet (armed at 1, every delivery of every
+event dies here: a message that kills whoever takes it)."""
 AFTER_PARK = "after_park"
 """The event was parked (held back for a newer one); its message is not acknowledged yet."""
 AFTER_API_SUCCESS = "after_api_success"
@@ -23,7 +26,7 @@ AFTER_API_UNKNOWN = "after_api_unknown"
 """A write of unknown outcome; nothing about it is recorded yet."""
 BEFORE_ACK = "before_ack"
 """The event's fate is recorded; its message is not acknowledged yet."""
-NAMES = (AFTER_PARK, AFTER_API_SUCCESS, AFTER_API_UNKNOWN, BEFORE_ACK)
+NAMES = (BEFORE_BEGIN, AFTER_PARK, AFTER_API_SUCCESS, AFTER_API_UNKNOWN, BEFORE_ACK)
 
 
 def parse(text: str) -> dict[str, float]:

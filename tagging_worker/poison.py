@@ -12,42 +12,58 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import time
+import logging
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
+import redis
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 from kombu.transport import redis as kombu_redis
 
+from tagging_worker import plain_json
+from tagging_worker.envelope import (
+    MAX_DEPTH,
+    MAX_ID_LENGTH,
+    MAX_ITEM_BYTES,
+    Problem,
+    body_problem,
+    header_problem,
+)
 from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
-from tagging_worker.outcomes import Outcome
+from tagging_worker.reliable_fetch import QUARANTINED
+
+log = logging.getLogger(__name__)
 
 OPAQUE_CONTENT_TYPE = "application/x-tagging-worker-undecodable"
 _json_loads = kombu_redis.loads
 
 
+REASON_HEADER, DETAIL_HEADER = "x-tagging-reason", "x-tagging-detail"
+"""Carry, on an opaque message, why its queue item could not be read."""
+
+
 def tolerant_loads(raw: Any) -> Any:
     """kombu's decoder for Redis items, except that a queue item that is not a message
-    envelope becomes an opaque message instead of an exception that loses it.
+    envelope kombu and Celery can read becomes an opaque message instead of an exception that
+    loses it (or kills the worker).
 
     kombu decodes two shapes with this: message envelopes (queue items) and
     `[envelope, exchange, routing_key]` triples (its own unacked records); both pass as they are.
     """
-    try:
-        decoded = _json_loads(raw)
-    except (ValueError, TypeError):
-        decoded = None
-    if _is_envelope(decoded) or (
-        isinstance(decoded, list) and len(decoded) == 3 and _is_envelope(decoded[0])
-    ):
+    decoded, problem = _decode(raw)
+    if problem is None:
         return decoded
+    if isinstance(decoded, dict) and isinstance(decoded.get("item"), str):
+        raw = decoded["item"]  # a quarantine wrapper: what is kept is the message inside
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
     return {
         "body": base64.b64encode(data).decode(),
         "content-encoding": "binary",
         "content-type": OPAQUE_CONTENT_TYPE,
-        "headers": {},
+        "headers": {REASON_HEADER: problem.reason, DETAIL_HEADER: problem.detail},
         "properties": {
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
@@ -57,24 +73,62 @@ def tolerant_loads(raw: Any) -> Any:
     }
 
 
-def _is_envelope(value: Any) -> bool:
-    """What kombu needs to make a message: properties with a delivery tag, and a body that its
-    encoding decodes (kombu decodes it before anyone can look at the message)."""
+def _decode(raw: Any) -> tuple[Any, Problem | None]:
+    """The decoded item, or why it is not a message envelope. Bounded before anything
+    recursive runs: by size before parsing, by depth (and plain JSON) after."""
+    if len(raw) > MAX_ITEM_BYTES:
+        return None, _unreadable(f"the queue item is {len(raw)} bytes, more than {MAX_ITEM_BYTES}")
+    try:
+        decoded = _json_loads(raw)
+    except RecursionError:
+        return None, _unreadable("the queue item is nested too deep to parse")
+    except (ValueError, TypeError):
+        return None, _unreadable("the queue item is not a JSON message envelope")
+    if isinstance(decoded, dict) and QUARANTINED in decoded:
+        marker = decoded[QUARANTINED]
+        crashes = marker.get("crashes") if isinstance(marker, dict) else "several"
+        return decoded, Problem(
+            "poison_message",
+            f"the worker holding it died or lost its process {crashes} times "
+            "(TAGGING_POISON_AFTER_CRASHES): it may be what kills workers, or was held beside it",
+        )
+    triple = isinstance(decoded, list) and len(decoded) == 3
+    problem = _envelope_problem(decoded[0] if triple else decoded)
+    if problem is None and (shape := plain_json.problem(decoded, max_depth=MAX_DEPTH)):
+        problem = f"in the queue item, {shape}"
+    return decoded, None if problem is None else _unreadable(problem)
+
+
+def _unreadable(detail: str) -> Problem:
+    return Problem("undecodable_message", detail)
+
+
+def _envelope_problem(value: Any) -> str | None:
+    """What kombu needs to make a message: properties with a delivery tag and a delivery info
+    it can read, and a body that its encoding decodes (kombu decodes it before anyone can
+    look at the message)."""
     if not isinstance(value, dict):
-        return False
+        return "the queue item is not a JSON message envelope"
     properties = value.get("properties")
-    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
-        return False
+    if not isinstance(properties, dict):
+        return "the message envelope has no properties object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not 0 < len(tag) <= MAX_ID_LENGTH:
+        return f"the message envelope's delivery_tag is not 1 to {MAX_ID_LENGTH} characters"
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        return "the message envelope's delivery_info is not an object"
+    if not isinstance(value.get("headers", {}), (dict, type(None))):
+        return "the message envelope's headers are not an object"
     encoding, body = properties.get("body_encoding"), value.get("body")
     if not body or not encoding or (isinstance(encoding, str) and encoding.lower() == "utf-8"):
-        return True
+        return None if isinstance(body, (str, type(None))) else "the message body is not text"
     if encoding != "base64":
-        return False
+        return f"the message body encoding {str(encoding)[:40]!r} is not base64 or utf-8"
     try:
         base64.b64decode(body)
     except (binascii.Error, TypeError, ValueError):
-        return False
-    return True
+        return "the message body is not base64"
+    return None
 
 
 def install_tolerant_transport() -> None:
@@ -82,85 +136,163 @@ def install_tolerant_transport() -> None:
     kombu_redis.loads = tolerant_loads
 
 
-def diagnose(message: Any) -> tuple[str, str] | None:
-    """(reason, detail) when the message cannot become a task run; None when it can."""
-    headers = message.headers if isinstance(message.headers, dict) else None
+def diagnose(message: Any, *, now: datetime, max_eta_seconds: float) -> Problem | None:
+    """Why the message cannot become a task run; None when it can. Decodes the body as
+    Celery will (kombu caches it, so it is decoded once)."""
+    if message.content_type == OPAQUE_CONTENT_TYPE:
+        headers = message.headers or {}
+        reason = headers.get(REASON_HEADER) or "undecodable_message"
+        return Problem(str(reason), str(headers.get(DETAIL_HEADER) or "unreadable queue item"))
     if message.content_type != CONTENT_TYPE:
-        if message.content_type == OPAQUE_CONTENT_TYPE:
-            return "undecodable_message", "the queue item is not a JSON message envelope"
-        return "undecodable_message", f"content type {message.content_type!r} is not accepted"
-    try:
-        body = json.loads(message.body)
-    except (ValueError, TypeError) as exc:
-        return "undecodable_message", f"body is not JSON ({exc})"
-    if headers is None or "task" not in headers:
-        return "undecodable_message", "not a Celery protocol 2 task message (no task header)"
+        detail = f"content type {str(message.content_type)[:80]!r} is not accepted"
+        return Problem("undecodable_message", detail)
+    headers = message.headers
+    if (problem := header_problem(headers, now=now)) is not None:
+        return problem
     if headers["task"] != TASK_NAME:
-        return "unknown_task", f"unknown task {str(headers['task'])[:200]!r}"
-    if not (
-        isinstance(body, list)
-        and len(body) == 3
-        and isinstance(body[0], list)
-        and isinstance(body[1], dict)
-    ):
-        return "invalid_event", "body is not the protocol 2 shape [args, kwargs, embed]"
-    return None
+        return Problem("unknown_task", f"unknown task {headers['task'][:200]!r}")
+    try:
+        body = message.decode()
+    except Exception as exc:  # kombu raises whatever its codec raises
+        detail = f"body is not JSON ({type(exc).__name__}: {exc})"[:500]
+        return Problem("undecodable_message", detail)
+    return body_problem(body, max_eta_seconds=max_eta_seconds, eta=headers.get("eta"), now=now)
 
 
 class PoisonAwareConsumer(Consumer):
-    """Celery's consumer, with every message checked before it is handed to a task."""
+    """Celery's consumer, with every message checked before it is handed to a task, and no
+    message able to take the consumer down: whatever fails on the way to a task run
+    dead-letters that one message (Redis trouble excepted: the message stays held and comes
+    back)."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
-            problem = diagnose(message)
-            if problem is None:
+            try:
+                problem = self._check(message)
+            except Exception as exc:
+                log.exception("checking a message failed")
+                problem = Problem("internal_error", f"checking the message failed: {exc!r}"[:500])
+            if problem is not None:
+                return self._dead_letter(message, problem)
+            # Its expiry was checked at receipt: once taken, it runs; Celery must not drop it.
+            message.headers["expires"] = None
+            try:
                 return handle(message)
-            return self._dead_letter(message, *problem)
+            except (*self.connection_errors, redis.RedisError):
+                raise
+            except Exception as exc:
+                log.exception("Celery could not start a task for a message")
+                detail = f"Celery could not start a task for it: {exc!r}"[:500]
+                return self._dead_letter(message, Problem("internal_error", detail))
 
         return on_task_received
 
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "undecodable_message", f"{type(exc).__name__}: {exc}")
-
-    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "unknown_task", f"{type(exc).__name__}: {exc}")
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._dead_letter(message, "undecodable_message", "unknown message format")
-
-    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "invalid_event", f"{type(exc).__name__}: {exc}")
-
-    def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
+    def _check(self, message: Any) -> Problem | None:
         from tagging_worker.runtime import get_runtime
 
-        rt = get_runtime()
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        record_id = str(headers.get("id") or f"message-{message.delivery_tag}")[:200]
-        raw = bytes(message.body) if message.body is not None else b""
-        kept = {
-            "content_type": message.content_type,
-            "headers": headers,
-            "raw_body": raw.decode("utf-8", "replace"),
-        }
-        record = rt.dead_letters.prepare(
-            record_id=record_id,
-            reason=reason,
-            detail=detail,
-            event=kept,
-            normalized=None,
-            attempts=[],
-            first_seen=time.time(),
-            task_id=record_id,
+        settings = get_runtime().settings
+        problem = diagnose(
+            message,
+            now=datetime.now(timezone.utc),
+            max_eta_seconds=settings.event_max_age_seconds,
         )
-        if not rt.ordering.finish(record_id, Outcome.DEAD, record):
-            message.ack()  # delivered again after it was dead-lettered: one record is enough
-            return
-        from tagging_worker import observe  # imports metrics: not before the worker set them up
+        if problem is None and message.headers["id"] in worker_state.revoked:
+            problem = REVOKED
+        return problem
 
-        observe.dead(record_id, None, reason, detail, attempts=0, code=None)
-        if trimmed := rt.dead_letters.trim():
-            observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, Problem("undecodable_message", f"{type(exc).__name__}: {exc}"))
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, Problem("unknown_task", f"{type(exc).__name__}: {exc}"))
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, Problem("undecodable_message", "unknown message format"))
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, Problem("invalid_event", f"{type(exc).__name__}: {exc}"))
+
+    def _dead_letter(self, message: Any, problem: Problem) -> None:
+        dead_letter_message(message, problem)
         message.ack()
+
+
+REVOKED = Problem("revoked", "revoked (celery control revoke) before it ran")
+
+
+class RevocationAwareRequest(Request):
+    """Celery acknowledges a task revoked (or expired) after it was received and forgets it;
+    this dead-letters it first, so a revocation is an answer, not a loss."""
+
+    def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
+        if not self._already_revoked:
+            problem = (
+                Problem("expired", "it expired (its expires header) before it ran")
+                if expired
+                else REVOKED
+            )
+            dead_letter_message(self._message, problem)
+        super()._announce_revoked(reason, terminated, signum, expired)
+
+
+def dead_letter_message(message: Any, problem: Problem) -> None:
+    """Store the message as a dead letter with its fate. A message of this task whose body
+    reads as one event is kept as that event (a revoked, expired or quarantined event replays
+    as it is); anything else is kept as its raw body (bounded) and headers."""
+    from tagging_worker.runtime import get_runtime
+    from tagging_worker.tasks import refuse  # imports metrics: not before the worker set them up
+
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = headers.get("id")
+    usable = isinstance(task_id, str) and 0 < len(task_id) <= MAX_ID_LENGTH
+    raw = message.body if isinstance(message.body, bytes) else str(message.body or "").encode()
+    raw_text = raw.decode("utf-8", "replace")
+    received: Any = {"content_type": message.content_type, "headers": headers, "raw_body": raw_text}
+    record_id = task_id if usable else f"message-{message.delivery_tag}"
+    rt = get_runtime()
+    try:
+        carried = None
+        if (readable := _one_event(message)) is not None:
+            received, carried = readable
+        refuse(rt, received, carried, problem.reason, problem.detail, task_id=record_id)
+    except redis.RedisError:
+        raise
+    except Exception as exc:
+        # A bug here would otherwise crash the consumer on this message at every delivery.
+        log.exception("dead-lettering a message failed: keeping its raw body alone")
+        detail = f"dead-lettering it as {problem.reason} failed: {exc!r}"[:500]
+        refuse(rt, {"raw_body": raw_text}, None, "internal_error", detail, task_id=record_id)
+
+
+def _one_event(message: Any) -> tuple[Any, Any] | None:
+    """(event, retry state) of a message of this task that holds one event, read within the
+    same bounds as any item (for a quarantined message, the one inside); None otherwise."""
+    if message.content_type == OPAQUE_CONTENT_TYPE:
+        if message.headers.get(REASON_HEADER) != "poison_message":
+            return None
+        inner = tolerant_loads(bytes(message.body).decode("utf-8", "replace"))
+        if not isinstance(inner, dict):
+            return None
+        headers, content_type = inner.get("headers"), inner.get("content-type")
+        try:
+            body = _json_loads(base64.b64decode(inner.get("body") or ""))
+        except (ValueError, TypeError, RecursionError, binascii.Error):
+            return None
+    else:
+        headers, content_type = message.headers, message.content_type
+        try:
+            body = message.decode()
+        except Exception:  # kombu raises whatever its codec raises
+            return None
+    if content_type != CONTENT_TYPE or not isinstance(headers, dict):
+        return None
+    if headers.get("task") != TASK_NAME or plain_json.problem(body, max_depth=MAX_DEPTH):
+        return None
+    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict)):
+        return None
+    args, kwargs = body[0], body[1]
+    if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
+        return None
+    return args[0], kwargs.get("retry_state")

@@ -23,7 +23,16 @@ list. Needs Redis 6.2 or later (BLMOVE, LMOVE).
 
 Keys, each behind kombu's `global_keyprefix`, `<prefix>` being the `fetch_key_prefix` option:
 `<prefix>:<queue>:consumers`, a sorted set of consumer ids by deadline (ms, Redis's clock, so
-hosts' clocks never matter), and `<prefix>:<queue>:held:<consumer id>`, a list per consumer.
+hosts' clocks never matter), `<prefix>:<queue>:held:<consumer id>`, a list per consumer, and
+`<prefix>:<queue>:crashes`, how often each message was in the hands of a consumer that died or
+of a process that was lost (a prefork child killed while running it).
+
+A message that keeps killing whoever takes it would come back for ever. So each time one is put
+back because of a failure, that is counted, and at `fetch_max_crashes` it goes back wrapped as
+`{"quarantined": {"crashes": n}, "item": <the message>}`, which `poison.tolerant_loads` turns
+into a dead letter without decoding what is inside. Everything a dying consumer held counts a
+crash, the message that killed it and those beside it alike; only the one that keeps killing
+comes back often enough to reach the limit, unless the same messages keep being taken together.
 """
 
 from __future__ import annotations
@@ -51,7 +60,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_TTL = 20.0
 """Seconds a consumer may go without renewing its deadline before it counts as dead."""
-OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl")
+DEFAULT_MAX_CRASHES = 3
+"""A message whose consumer failed it this many times is quarantined, not delivered again."""
+CRASH_COUNTS_TTL = 86_400.0
+"""Seconds a message's failures are remembered after the last one."""
+QUARANTINED = "quarantined"
+"""The key that marks a quarantine wrapper: `{"quarantined": {"crashes": n}, "item": raw}`."""
+OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl", "fetch_max_crashes")
 """Transport options this module reads (besides kombu's own)."""
 
 _NOW = """
@@ -79,17 +94,42 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumb
 """
 )
 
-# KEYS: registry, the consumer's held list, queue; ARGV: consumer
+# Puts one message back at the consuming end, counting that a consumer failed it (its holder
+# died, or a worker lost the process running it). The count lives in a hash by the message's
+# SHA-1 that expires a while after the last failure; the failure that reaches the limit puts
+# the message back as a quarantine wrapper instead, which the consumer turns into a dead
+# letter without decoding the message that keeps killing workers.
+# KEYS[n]: crash counts; ARGV[m], ARGV[m + 1]: limit, counts TTL (ms)
+_REQUEUE_COUNTED = """
+local function requeue_counted(raw, queue, counts, limit, ttl, push)
+  local digest = redis.sha1hex(raw)
+  local crashes = redis.call('HINCRBY', counts, digest, 1)
+  redis.call('PEXPIRE', counts, ttl)
+  if crashes >= tonumber(limit) then
+    redis.call('HDEL', counts, digest)
+    raw = cjson.encode({quarantined = {crashes = crashes}, item = raw})
+  end
+  redis.call(push, queue, raw)
+end
+"""
+
+# KEYS: registry, the consumer's held list, queue, crash counts; ARGV: consumer, limit, TTL
 # Checked again here: the consumer may have renewed its deadline since it was listed. The
 # oldest taken ends at the consuming end, so the messages keep their order. Returns how many
 # moved, or -1 when the consumer is alive or already recovered.
 _RECOVER = (
     _NOW
+    + _REQUEUE_COUNTED
     + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline or tonumber(deadline) > now_ms() then return -1 end
 local moved = 0
-while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do moved = moved + 1 end
+while true do
+  local raw = redis.call('LPOP', KEYS[2])
+  if not raw then break end
+  requeue_counted(raw, KEYS[3], KEYS[4], ARGV[2], ARGV[3], 'RPUSH')
+  moved = moved + 1
+end
 redis.call('ZREM', KEYS[1], ARGV[1])
 return moved
 """
@@ -106,6 +146,18 @@ else
 end
 return 1
 """
+
+# KEYS: held list, queue, crash counts; ARGV: message, limit, TTL
+# A message its worker rejected to be delivered again (Celery does when the process running it
+# died): behind the others, counted.
+_REQUEUE = (
+    _REQUEUE_COUNTED
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+requeue_counted(ARGV[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], 'LPUSH')
+return 1
+"""
+)
 
 # KEYS: registry, held list; ARGV: consumer
 # A consumer that closes holding nothing leaves the registry at once; one still holding
@@ -130,6 +182,11 @@ def fetch_keys(prefix: str, queue: str) -> tuple[str, str]:
     """The queue's registry of consumers, and what each consumer's held list is named after
     (append the consumer id)."""
     return f"{prefix}:{queue}:consumers", f"{prefix}:{queue}:held:"
+
+
+def crash_counts_key(prefix: str, queue: str) -> str:
+    """The hash counting, by message digest, how often consumers failed a message."""
+    return f"{prefix}:{queue}:crashes"
 
 
 def held_messages(client: redis.Redis, prefix: str, queue: str) -> int:
@@ -174,7 +231,7 @@ class ReliableQoS(kombu_redis.QoS):
             super().reject(delivery_tag, requeue=requeue)
             return
         if requeue:
-            self.channel._give_back(raw, front=False)
+            self.channel._requeue(raw)
         else:
             self.channel._release(raw)
         self._held.pop(delivery_tag, None)
@@ -202,6 +259,7 @@ class ReliableFetch:
     QoS = ReliableQoS
     fetch_key_prefix = "fetch"
     fetch_heartbeat_ttl = DEFAULT_HEARTBEAT_TTL
+    fetch_max_crashes = DEFAULT_MAX_CRASHES
 
     _delivering: bytes | None = None
     """The bytes of the message being delivered right now, for QoS.append."""
@@ -215,6 +273,7 @@ class ReliableFetch:
     _registry_key: str
     _held_prefix: str
     _held_key: str
+    _crashes_key: str
     _priority_keys: list[str]
     _beaten_at = float("-inf")
     _fetch_redis: redis.Redis | None = None
@@ -315,6 +374,7 @@ class ReliableFetch:
             self.global_keyprefix + self.fetch_key_prefix, queue
         )
         self._held_key = self._held_prefix + self._consumer
+        self._crashes_key = crash_counts_key(self.global_keyprefix + self.fetch_key_prefix, queue)
         self._priority_keys = [
             self.global_keyprefix + key
             for key in dict.fromkeys(self._q_for_pri(queue, pri) for pri in self.priority_steps)
@@ -351,6 +411,7 @@ class ReliableFetch:
                     ("expired", _EXPIRED),
                     ("recover", _RECOVER),
                     ("give_back", _GIVE_BACK),
+                    ("requeue", _REQUEUE),
                     ("retire", _RETIRE),
                     ("take_prioritized", _TAKE_PRIORITIZED),
                 )
@@ -377,8 +438,13 @@ class ReliableFetch:
                 continue
             moved = self._script(
                 "recover",
-                [self._registry_key, self._held_prefix + consumer, self._queue_key],
-                [consumer],
+                [
+                    self._registry_key,
+                    self._held_prefix + consumer,
+                    self._queue_key,
+                    self._crashes_key,
+                ],
+                [consumer, *self._crash_limits],
             )
             if moved > 0:
                 log.warning(
@@ -418,6 +484,19 @@ class ReliableFetch:
                 [raw, "front" if front else "back"],
             )
         )
+
+    def _requeue(self, raw: bytes) -> bool:
+        return bool(
+            self._script(
+                "requeue",
+                [self._held_key, self._queue_key, self._crashes_key],
+                [raw, *self._crash_limits],
+            )
+        )
+
+    @property
+    def _crash_limits(self) -> tuple[int, int]:
+        return int(self.fetch_max_crashes), int(CRASH_COUNTS_TTL * 1000)
 
     def _hand_back(self, held: list[bytes]) -> None:
         """At close: what this consumer still holds goes back to the queue now; if Redis cannot

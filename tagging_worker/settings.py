@@ -204,6 +204,14 @@ class Settings(BaseSettings):
         "dead, and any live worker puts the messages it held back on the queue: a crashed "
         "worker's messages are delivered again within about 1.25 times this.",
     )
+    poison_after_crashes: int = Field(
+        default=3,
+        ge=2,
+        le=100,
+        description="A message held by a worker that died (or by a process that was lost) "
+        "this many times is dead-lettered as poison_message instead of delivered again, so one "
+        "message that kills workers cannot keep them down.",
+    )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
 
     @model_validator(mode="after")

@@ -37,15 +37,22 @@ BUSY_WAIT_SECONDS = (0.05, 0.3)
 """How long an event waits when another worker is writing its call (jittered)."""
 
 
-@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    Request="tagging_worker.poison:RevocationAwareRequest",
+)
 def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
     """Celery drops a message whose task raises, so nothing may escape: a message of the
     wrong shape or a bug dead-letters the event, and Redis trouble puts the message back."""
     rt = get_runtime()
     task_id = self.request.id
     try:
-        if not args and set(kwargs) == {"settle"} and isinstance(kwargs["settle"], str):
-            return settle_call(rt, kwargs["settle"])
+        settle = kwargs.get("settle")
+        if not args and set(kwargs) == {"settle"} and _is_call_id(settle):
+            return settle_call(rt, settle)
         if len(args) != 1 or set(kwargs) - {"retry_state"}:
             state = RetryState(
                 received={"args": list(args), "kwargs": kwargs}, first_seen=time.time()
@@ -94,6 +101,7 @@ def process(
     except InvalidEvent as exc:
         return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id).value
     progress.update = update
+    failpoints.hit(failpoints.BEFORE_BEGIN)
     token = progress.token
     step = rt.ordering.begin(
         update.call_id,
@@ -340,6 +348,18 @@ def _bury(
     return Outcome.DEAD
 
 
+def refuse(
+    rt: Runtime, received: Any, carried: Any, reason: str, detail: str, *, task_id: str
+) -> Outcome:
+    """A delivery refused before it could run (revoked, expired, quarantined, an option this
+    task cannot honour, an envelope Celery cannot read): dead-lettered like any event that died,
+    under its event id when it has one, so its call's order and its publisher's registration
+    settle as for any other death. This delivery sent no request: it leaves nothing in doubt."""
+    state = RetryState.resume(carried, received, time.time())
+    update = _validated_or_none(rt, received, task_id)
+    return _bury(rt, state, update, reason, detail, task_id=task_id, sent=False)
+
+
 def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, str | None]:
     """The event id and call of an event, even one that is not valid here (a producer with
     other limits accepted it): its registration and fate live under those."""
@@ -347,7 +367,7 @@ def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, st
         return update.event_id, update.call_id
     event_id, call_id = _peek(raw, "event_id"), _peek(raw, "call_id")
     usable = isinstance(event_id, str) and 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
-    known = isinstance(call_id, str) and 0 < len(call_id) <= MAX_CALL_ID_LENGTH
+    known = _is_call_id(call_id)
     return (event_id if usable else task_id), (call_id if known and usable else None)
 
 
@@ -412,6 +432,11 @@ def _lease_ms(rt: Runtime) -> int:
         s.api_read_timeout_ms,
         int(s.api_rate_max_wait_seconds * 1000),
     )
+
+
+def _is_call_id(value: Any) -> bool:
+    """A string that can name a call: what a settle message must carry."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH
 
 
 def _peek(event: Any, name: str) -> Any:
