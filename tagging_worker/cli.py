@@ -74,7 +74,9 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    create_app(settings).worker_main(argv)
+    # Celery's `worker_main` drops the exit code its command returns: an "Unrecoverable
+    # error" would end the process with 0, and a supervisor would leave it down.
+    raise typer.Exit(create_app(settings).start(argv) or 0)
 
 
 @cli.command()
