@@ -145,7 +145,13 @@ class Settings(BaseSettings):
         le=65535,
         description="Each worker serves /metrics, /livez and /readyz here; 0 turns it off.",
     )
-    metrics_host: str = Field(default="0.0.0.0", min_length=1)
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Where /metrics, /livez and /readyz listen: loopback keeps them off the "
+        "network. Set 0.0.0.0 where Prometheus or a probe connects from outside: a Kubernetes "
+        "pod, a container with a published port, a host scraped from another machine.",
+    )
     sentry_dsn: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("TAGGING_SENTRY_DSN", "SENTRY_DSN")
     )

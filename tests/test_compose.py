@@ -43,6 +43,16 @@ def test_the_local_stack_has_persistent_password_protected_redis_and_every_servi
     assert services["flower"]["environment"]["CELERY_BROKER_URL"].startswith("redis://:s3cret@")
 
 
+def test_the_local_worker_opens_its_metrics_to_the_published_port() -> None:
+    """The default is loopback inside the container, which a published port cannot reach."""
+    services = _config(ROOT / "docker-compose.yml", REDIS_PASSWORD="s3cret")["services"]
+    worker = services["worker"]
+    assert "9808" in str(worker["ports"])
+    assert worker["environment"]["TAGGING_METRICS_HOST"] == "0.0.0.0"
+    assert worker["environment"]["TAGGING_API_ENDPOINT"] == "fake-api:8080"
+    assert "TAGGING_METRICS_HOST" not in services["demo-producer"]["environment"]
+
+
 def test_the_real_endpoint_stack_reads_credentials_from_an_env_file(tmp_path: Path) -> None:
     copy = tmp_path / "deploy" / "compose"
     copy.mkdir(parents=True)
@@ -53,6 +63,21 @@ def test_the_real_endpoint_stack_reads_credentials_from_an_env_file(tmp_path: Pa
     assert worker["environment"]["ACCESS_KEY_ID"] == "id"
     assert worker["environment"]["TAGGING_BROKER_URL"] == "redis://:s3cret@redis:6379/0"
     assert "fake-api" not in config["services"]
+
+
+def test_the_real_endpoint_worker_opens_its_metrics_whatever_the_env_file_says(
+    tmp_path: Path,
+) -> None:
+    """The env file starts as a copy of the example, which keeps the loopback default."""
+    copy = tmp_path / "deploy" / "compose"
+    copy.mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "compose" / "docker-compose.real.yml", copy)
+    shutil.copy(ROOT / "deploy" / "tagging-worker.env.example", copy / "tagging-worker.env")
+    worker = _config(copy / "docker-compose.real.yml", REDIS_PASSWORD="s3cret")["services"][
+        "worker"
+    ]
+    assert worker["environment"]["TAGGING_METRICS_HOST"] == "0.0.0.0"
+    assert "9808" in str(worker["ports"])
 
 
 def test_the_real_endpoint_stack_refuses_to_start_without_a_redis_password(

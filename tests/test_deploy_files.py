@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from tagging_worker import metrics  # noqa: F401  (registers the worker's metrics)
 from tagging_worker.monitoring import RedisCollector
 from tagging_worker.runtime import Runtime
-from tagging_worker.settings import env_example
+from tagging_worker.settings import Settings, env_example
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -48,3 +48,13 @@ def test_the_env_example_lists_every_setting_with_its_default() -> None:
     """Regenerate with: python -c 'from tagging_worker.settings import env_example;
     print(env_example(), end="")' > deploy/tagging-worker.env.example"""
     assert (DEPLOY / "tagging-worker.env.example").read_text() == env_example()
+
+
+def test_metrics_and_health_listen_on_loopback_unless_a_deployment_opens_them() -> None:
+    """Unauthenticated endpoints stay off the network by default; deploy files that need
+    them reachable (a pod's probes, a published container port) say so themselves."""
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    lines = (DEPLOY / "tagging-worker.env.example").read_text(encoding="utf-8").splitlines()
+    assert "TAGGING_METRICS_HOST=127.0.0.1" in lines
+    comment = lines[lines.index("TAGGING_METRICS_HOST=127.0.0.1") - 1]
+    assert comment.startswith("# ") and "0.0.0.0" in comment

@@ -142,6 +142,20 @@ def test_a_worker_whose_metrics_port_is_taken_still_applies_events_and_says_why(
     assert worker.proc.poll() is None
 
 
+def test_a_worker_serves_metrics_and_health_on_loopback_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    monkeypatch.delenv("TAGGING_METRICS_HOST", raising=False)
+    port = free_port()
+    worker = start_worker(TAGGING_METRICS_PORT=str(port))
+
+    wait_for(lambda: _get(f"http://127.0.0.1:{port}/livez")[0] == 200, what="the worker live")
+    served = [r["message"] for r in worker.records() if r["message"].startswith("serving /")]
+    assert served == [f"serving /metrics, /livez and /readyz on 127.0.0.1:{port}"]
+
+
 class SentryRecorder:
     """A local stand-in for Sentry's ingest endpoint: keeps every envelope it is sent."""
 
