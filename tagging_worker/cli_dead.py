@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, NoReturn
 
 import click
 import typer
 from rich import box
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
-from tagging_worker.cli_support import JsonFlag, err, out, runtime_or_exit
+from tagging_worker.cli_support import JsonFlag, complain, err, out, runtime_or_exit
 from tagging_worker.dead_filter import DeadFilter, last_code, parse_when
-from tagging_worker.dead_letters import Restored, replay_event
+from tagging_worker.dead_letters import (
+    DeadLetterStore,
+    ReplayRefused,
+    Restored,
+    damage,
+    export_line,
+    import_lines,
+    replay_event,
+    unsendable,
+)
 from tagging_worker.event import InvalidEvent, validate_event
 from tagging_worker.replay import known_version, replay_dead_letter, winning_version
 from tagging_worker.runtime import Runtime
@@ -33,6 +45,8 @@ Since = Annotated[
     str | None, typer.Option(help="Died at or after: ISO-8601, or an age like 30m, 2h, 7d.")
 ]
 Until = Annotated[str | None, typer.Option(help="Died before: ISO-8601, or an age.")]
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _where(
@@ -71,15 +85,15 @@ def dead_list(
     as_json: JsonFlag = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON record per line.")] = False,
 ) -> None:
-    """List dead letters, newest first."""
+    """List dead letters, newest first (a record that breaks the schema as damaged)."""
     store = runtime_or_exit().dead_letters
     where = _where(reason, code, call_id, source, since, until)
     records = store.list(where, limit=limit, offset=offset)
     if as_json:
-        out.print_json(json.dumps(records, ensure_ascii=False))
+        _print_json(records)
         return
     if jsonl:
-        _write_lines(records, sys.stdout)
+        _write_lines(records, _stdout())
         return
     matching = store.count(where)
     title = f"dead letters: {matching} matching ({where.describe()})"
@@ -90,36 +104,53 @@ def dead_list(
         table.add_column(column, no_wrap=True, min_width=len(column))
     table.add_column("detail")
     for r in records:
+        why = damage(r)
         table.add_row(
-            r["id"],
+            _shown(r["id"]),
             _when(r["died_at"], short=True),
-            r["reason"],
-            last_code(r) or "-",
-            str(r["call_id"]),
-            str(_attempts_made(r)),
-            r["detail"],
+            "damaged" if why else _shown(r["reason"]),
+            "-" if why else _shown(last_code(r) or "-"),
+            _shown(r.get("call_id") or "-"),
+            "-" if why else str(_attempts_made(r)),
+            _shown(why or r["detail"]),
         )
     out.print(table)
 
 
 @dead.command("show")
 def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
-    """Show one dead letter with its whole attempt history."""
+    """Show one dead letter with its whole attempt history (or why it is damaged)."""
     record = runtime_or_exit().dead_letters.get(record_id)
     if record is None:
-        err.print(f"tagging-worker: no dead letter {record_id}", markup=False)
+        complain(f"tagging-worker: no dead letter {record_id}")
         raise SystemExit(1)
     if as_json:
-        out.print_json(json.dumps(record, ensure_ascii=False))
+        _print_json(record)
         return
-    out.print(f"[bold]{record['id']}[/] {record['reason']}: {record['detail']}", highlight=False)
+    why = damage(record)
+    if why:
+        out.print(_shown(f"{record['id']} damaged: {why}"))
+        out.print(
+            _shown(
+                f"indexed as reason {record['reason']}, call {record['call_id']}, died "
+                f"{_when(record['died_at'])}; `dead delete` removes it, nothing replays it"
+            )
+        )
+        return
     out.print(
-        f"call {record['call_id']}, version {record['version']}, source {record['source']}; "
-        f"first seen {_when(record['first_seen'])}, died {_when(record['died_at'])}",
-        highlight=False,
+        Text.assemble(
+            (_clean(record["id"]), "bold"), _clean(f" {record['reason']}: {record['detail']}")
+        )
+    )
+    out.print(
+        _shown(
+            f"call {record.get('call_id')}, version {record.get('version')}, source "
+            f"{record.get('source')}; first seen {_when(record.get('first_seen'))}, died "
+            f"{_when(record['died_at'])}"
+        )
     )
     out.print("event as received:")
-    out.print_json(json.dumps(record["event"], ensure_ascii=False))
+    _print_json(record["event"])
     table = Table(title="attempts")
     for column in ("#", "at", "kind", "counted", "code", "http", "request_id", "message"):
         table.add_column(column, overflow="fold")
@@ -130,13 +161,13 @@ def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
             table.add_row("…", "", "", "", "", "", "", f"{elided} attempts in between not kept")
         table.add_row(
             str(n if n == 1 or elided <= 0 else n + elided),
-            _when(a["at"]),
-            a["kind"],
-            "yes" if a.get("charged", True) else "no",
-            a["code"],
-            str(a["http_status"]),
-            str(a["request_id"]),
-            a["message"],
+            _when(a.get("at")),
+            _shown(a.get("kind")),
+            "no" if a.get("charged") is False else "yes",
+            _shown(a.get("code")),
+            _shown(a.get("http_status")),
+            _shown(a.get("request_id")),
+            _shown(a.get("message")),
         )
     out.print(table)
 
@@ -171,45 +202,87 @@ def dead_replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Put dead letters back on the queue with a fresh attempt budget, each in one step: a
-    replay stopped half way leaves every record either replayed or still dead."""
+    replay stopped half way leaves every record either replayed or still dead. A damaged
+    record, or one that names another queue, is refused and stays."""
     rt = runtime_or_exit()
+    store = rt.dead_letters
     where = _where(reason, code, call_id, source, since, until)
     if edit:
         if not record_ids or len(record_ids) != 1 or all_matching or not where.empty:
             err.print("tagging-worker: --edit takes exactly one id")
             raise SystemExit(2)
-        raise SystemExit(_replay_edited(rt, record_ids[0], dry_run=dry_run))
-    ids = _select(rt, record_ids, all_matching, where)
+        raise SystemExit(_replay_edited(rt, store, record_ids[0], dry_run=dry_run))
+    ids = _select(store, record_ids, all_matching, where)
     if dry_run:
-        records = [r for r in (rt.dead_letters.get(i) for i in ids) if r is not None]
+        found = [r for r in (store.get(i) for i in ids) if r is not None]
+        refusals = {r["id"]: _refusal(r) for r in found}
+        sent = [r for r in found if refusals[r["id"]] is None]
+        refused = [{"id": i, "why": why} for i, why in refusals.items() if why is not None]
         if as_json:
-            out.print_json(json.dumps({"would_replay": [r["id"] for r in records]}))
-        else:
-            for r in records:
-                out.print(f"would replay {r['id']} ({r['reason']}, call {r['call_id']})")
-            out.print(f"dry run: {len(records)} would be replayed, nothing moved")
+            _print_json({"would_replay": [r["id"] for r in sent], "refused": refused})
+            return
+        for r in sent:
+            out.print(_shown(f"would replay {r['id']} ({r['reason']}, call {r['call_id']})"))
+        for d in refused:
+            out.print(_shown(f"would refuse {d['id']}: {d['why']}"))
+        also = f", {len(refused)} would be refused" if refused else ""
+        out.print(f"dry run: {len(sent)} would be replayed{also}, nothing moved")
         return
-    replayed, missing, forced = _replay_paced(rt, ids, rate=rate, force=force, where=where)
+    done = _replay_paced(rt, store, ids, rate=rate, force=force, where=where)
     if as_json:
-        out.print_json(data={"replayed": replayed, "not_found": missing, "forced": forced})
+        _print_json(
+            {
+                "replayed": done.replayed,
+                "not_found": done.missing,
+                "forced": done.forced,
+                "refused": done.refused,
+            }
+        )
     else:
-        for f in forced:
+        for f in done.forced:
             out.print(
-                f"forced {f['id']}: version {f['from']} -> {f['to']} (applied was {f['applied']})",
-                highlight=False,
+                _shown(
+                    f"forced {f['id']}: version {f['from']} -> {f['to']} "
+                    f"(applied was {f['applied']})"
+                )
             )
-        for record_id in missing:
-            err.print(f"not replayed (gone or changed meanwhile): {record_id}", markup=False)
-        out.print(f"replayed {len(replayed)}, not found {len(missing)}, forced {len(forced)}")
-    raise SystemExit(1 if missing else 0)
+        for record_id in done.missing:
+            complain(f"not replayed (gone or changed meanwhile): {record_id}")
+        for d in done.refused:
+            complain(f"not replayed ({d['why']}): {d['id']}")
+        refused = f", refused {len(done.refused)}" if done.refused else ""
+        out.print(
+            f"replayed {len(done.replayed)}, not found {len(done.missing)}{refused}, "
+            f"forced {len(done.forced)}"
+        )
+    raise SystemExit(1 if done.missing or done.refused else 0)
+
+
+def _refusal(record: dict[str, Any]) -> str | None:
+    """Why a replay would refuse the record, as `DeadLetterStore.replay` decides it."""
+    if why := damage(record):
+        return f"damaged: {why}"
+    return unsendable(replay_event(record))
+
+
+@dataclass
+class _Replayed:
+    replayed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    forced: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
 
 
 def _replay_paced(
-    rt: Runtime, ids: Iterable[str], *, rate: float, force: bool, where: DeadFilter
-) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    replayed: list[str] = []
-    missing: list[str] = []
-    forced: list[dict[str, Any]] = []
+    rt: Runtime,
+    store: DeadLetterStore,
+    ids: Iterable[str],
+    *,
+    rate: float,
+    force: bool,
+    where: DeadFilter,
+) -> _Replayed:
+    done = _Replayed()
 
     def win(record: dict[str, Any]) -> Any:
         event = replay_event(record)
@@ -219,32 +292,37 @@ def _replay_paced(
         version = winning_version(event["version"], applied)
         if version is None:
             return event
-        forced.append(
+        done.forced.append(
             {"id": record["id"], "from": event["version"], "to": version, "applied": applied}
         )
         return {**event, "version": version}
 
     bulk = not isinstance(ids, list)
-    total = rt.dead_letters.count(where) if bulk else len(ids)
+    total = store.count(where) if bulk else len(ids)
     started = time.monotonic()
     with Progress(console=err, transient=True, disable=not (bulk and err.is_terminal)) as progress:
         task = progress.add_task("replaying", total=total)
         for n, record_id in enumerate(ids):
             time.sleep(max(0.0, started + n / rate - time.monotonic()))
-            if replay_dead_letter(rt, record_id, revise=win if force else None):
-                replayed.append(record_id)
+            try:
+                moved = replay_dead_letter(rt, record_id, revise=win if force else None)
+            except ReplayRefused as exc:
+                done.refused.append({"id": record_id, "why": exc.why})
             else:
-                missing.append(record_id)
+                (done.replayed if moved else done.missing).append(record_id)
             progress.advance(task)
-    return replayed, missing, forced
+    return done
 
 
-def _replay_edited(rt: Runtime, record_id: str, *, dry_run: bool) -> int:
-    record = rt.dead_letters.get(record_id)
+def _replay_edited(rt: Runtime, store: DeadLetterStore, record_id: str, *, dry_run: bool) -> int:
+    record = store.get(record_id)
     if record is None:
-        err.print(f"tagging-worker: no dead letter {record_id}", markup=False)
+        complain(f"tagging-worker: no dead letter {record_id}")
         return 1
-    before = json.dumps(replay_event(record), ensure_ascii=False, indent=2)
+    if why := damage(record):
+        complain(f"tagging-worker: dead letter {record_id} is damaged ({why}); nothing replayed")
+        return 1
+    before = _json_text(replay_event(record), indent=2)
     text = click.edit(before + "\n", extension=".json")
     if text is None or text.strip() == before.strip():
         err.print("tagging-worker: the event was not changed; nothing replayed")
@@ -264,11 +342,16 @@ def _replay_edited(rt: Runtime, record_id: str, *, dry_run: bool) -> int:
         return 2
     fixed = update.as_event()
     if dry_run:
-        out.print_json(json.dumps(fixed, ensure_ascii=False))
+        _print_json(fixed)
         out.print("dry run: nothing moved")
         return 0
-    if not replay_dead_letter(rt, record_id, revise=lambda _: fixed):
-        err.print(f"not replayed (gone or changed meanwhile): {record_id}", markup=False)
+    try:
+        moved = replay_dead_letter(rt, record_id, revise=lambda _: fixed)
+    except ReplayRefused as exc:
+        complain(f"not replayed ({exc.why}): {record_id}")
+        return 1
+    if not moved:
+        complain(f"not replayed (gone or changed meanwhile): {record_id}")
         return 1
     out.print(f"replayed {record_id} as edited", markup=False)
     return 0
@@ -315,15 +398,31 @@ def dead_export(
     until: Until = None,
     output: Annotated[Path, typer.Option(help="JSON lines file; '-' for stdout.")] = Path("-"),
 ) -> None:
-    """Write matching dead letters as JSON lines, whole, oldest first (nothing is removed)."""
+    """Write matching dead letters as JSON lines, whole, oldest first (nothing is removed).
+    A damaged record is not written: each is named on stderr, and the exit code is 1."""
     store = runtime_or_exit().dead_letters
-    records = store.iter_records(_where(reason, code, call_id, source, since, until))
+    where = _where(reason, code, call_id, source, since, until)
+    damaged: list[dict[str, Any]] = []
+
+    def whole() -> Iterator[dict[str, Any]]:
+        for record in store.iter_records(where):
+            if damage(record):
+                damaged.append(record)
+            else:
+                yield record
+
     if str(output) == "-":
-        count = _write_lines(records, sys.stdout)
+        count = _write_lines(whole(), _stdout())
     else:
-        with output.open("w", encoding="utf-8") as stream:
-            count = _write_lines(records, stream)
-    err.print(f"exported {count}")
+        try:
+            with output.open("wb") as stream:
+                count = _write_lines(whole(), stream)
+        except OSError as exc:
+            _bad_path(output, f"cannot write it ({exc.strerror or exc})")
+    for record in damaged:
+        complain(f"not exported: {record['id']} damaged: {damage(record)}")
+    err.print(f"exported {count}" + (f", left out {len(damaged)} damaged" if damaged else ""))
+    raise SystemExit(1 if damaged else 0)
 
 
 @dead.command("import")
@@ -334,24 +433,20 @@ def dead_import(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Store exported dead letters here (same ids and times), e.g. from another environment."""
+    """Store exported dead letters here (same ids and times), e.g. from another environment.
+    Each line must be a record as this deployment writes them; the others are named on
+    stderr with their line number and reason, and the exit code is 2."""
     store = runtime_or_exit().dead_letters
-    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
     imported = skipped = settled = 0
     bad: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for number, record, problem in import_lines(_read_text(file), store.rules):
+        if record is None:
+            bad.append(f"line {number}: {problem}")
             continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            answer = store.restore(record, replace=replace)
-            imported += answer is Restored.STORED
-            skipped += answer is Restored.EXISTS
-            settled += answer is Restored.SETTLED
-        except ValueError as exc:  # JSONDecodeError is one
-            bad.append(f"line {number}: {exc}")
+        answer = store.restore(record, replace=replace)
+        imported += answer is Restored.STORED
+        skipped += answer is Restored.EXISTS
+        settled += answer is Restored.SETTLED
     if as_json:
         out.print_json(
             data={
@@ -362,8 +457,8 @@ def dead_import(
             }
         )
     else:
-        for problem in bad:
-            err.print(f"not imported: {problem}", markup=False)
+        for refusal in bad:
+            complain(f"not imported: {refusal}")
         out.print(
             f"imported {imported}, skipped {skipped} already here, {settled} finished since "
             f"(replayed and settled), bad lines {len(bad)}"
@@ -372,7 +467,7 @@ def dead_import(
 
 
 def _select(
-    rt: Runtime, ids: list[str] | None, all_matching: bool, where: DeadFilter
+    store: DeadLetterStore, ids: list[str] | None, all_matching: bool, where: DeadFilter
 ) -> list[str] | Iterator[str]:
     if ids and (all_matching or not where.empty):
         err.print("tagging-worker: give ids, or --all with filters, not both")
@@ -382,16 +477,66 @@ def _select(
     if not (all_matching or not where.empty):
         err.print("tagging-worker: give ids, or --all (with filters to narrow it)")
         raise SystemExit(2)
-    return rt.dead_letters.iter_ids(where)
+    return store.iter_ids(where)
 
 
-def _write_lines(records: Iterable[dict[str, Any]], stream: Any) -> int:
+def _read_text(file: Path) -> str:
+    """The whole of an import; a file that cannot be read or is not UTF-8 is one line."""
+    try:
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as exc:
+        _bad_path(file, f"cannot read it ({exc.strerror or exc})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _bad_path(file, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+
+
+def _bad_path(path: Path, problem: str) -> NoReturn:
+    complain(f"tagging-worker: {'stdin' if str(path) == '-' else path}: {problem}")
+    raise SystemExit(2)
+
+
+def _stdout() -> BinaryIO:
+    """Standard output for bytes, after what the console already wrote to it."""
+    sys.stdout.flush()
+    return sys.stdout.buffer
+
+
+def _write_lines(records: Iterable[dict[str, Any]], stream: BinaryIO) -> int:
+    """JSON lines as `dead import` reads them: UTF-8, each ending at its only \\n."""
     count = 0
     for record in records:
-        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.write(export_line(record).encode("utf-8"))
         count += 1
     stream.flush()
     return count
+
+
+def _print_json(value: Any) -> None:
+    out.print_json(json.dumps(value), ensure_ascii=not _fit_as_is(value))
+
+
+def _json_text(value: Any, *, indent: int | None = None) -> str:
+    """JSON for a person: non-ASCII as it is, unless the value holds text `_clean` escapes (a
+    lone surrogate cannot even be written as UTF-8)."""
+    return json.dumps(value, ensure_ascii=not _fit_as_is(value), indent=indent)
+
+
+def _fit_as_is(value: Any) -> bool:
+    text = json.dumps(value, ensure_ascii=False)
+    return _clean(text) == text
+
+
+def _clean(text: str) -> str:
+    """Stored text fit for one terminal line: control characters, line separators and lone
+    surrogates (which no terminal should get, and UTF-8 cannot carry) escaped."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+def _shown(value: Any) -> Text:
+    """A value from a record as a table cell or line: never markup, always printable."""
+    return Text(_clean(str(value)))
 
 
 def _attempts_made(record: dict[str, Any]) -> int:
@@ -401,6 +546,12 @@ def _attempts_made(record: dict[str, Any]) -> int:
     return made if isinstance(made, int) else len(record["attempts"])
 
 
-def _when(ts: float, *, short: bool = False) -> str:
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+def _when(ts: float | None, *, short: bool = False) -> str:
+    """A time as a date; a carried time may be none a date can show, a damaged record none."""
+    if ts is None:
+        return "?"
+    try:
+        moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
     return moment.strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%SZ")

@@ -41,3 +41,9 @@ def app_or_exit() -> Celery:
     from tagging_worker.celery_app import create_app
 
     return create_app(settings_or_exit())
+
+
+def complain(line: str) -> None:
+    """One line on stderr, as it is: rich would wrap a long one and read markup in a record's
+    text, and a script reading refusals counts on one line each."""
+    print(line, file=sys.stderr)

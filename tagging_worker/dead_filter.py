@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,9 +31,12 @@ def parse_when(text: str, *, now: float) -> float:
 
 
 def last_code(record: dict[str, Any]) -> str | None:
-    """The error code a record died of: its last attempt's (None: it never reached the API)."""
-    attempts = record.get("attempts") or []
-    return attempts[-1].get("code") if attempts else None
+    """The error code a record died of: its last attempt's (None: it never reached the API).
+    Never raises: the store also indexes records nobody checked (a restore), by this code."""
+    attempts = record.get("attempts")
+    last = attempts[-1] if isinstance(attempts, list) and attempts else None
+    code = last.get("code") if isinstance(last, dict) else None
+    return code if isinstance(code, str) else None
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,16 @@ class DeadFilter:
         return all(value is None for value in vars(self).values())
 
     def matches(self, record: dict[str, Any]) -> bool:
-        died = float(record.get("died_at", 0))
+        """A record without a usable time of death matches no time filter."""
+        died = record.get("died_at")
+        known = isinstance(died, (int, float)) and math.isfinite(died)
         return (
             (self.reason is None or record.get("reason") == self.reason)
             and (self.code is None or last_code(record) == self.code)
             and (self.call_id is None or record.get("call_id") == self.call_id)
             and (self.source is None or record.get("source") == self.source)
-            and (self.since is None or died >= self.since)
-            and (self.until is None or died < self.until)
+            and (self.since is None or (known and died >= self.since))
+            and (self.until is None or (known and died < self.until))
         )
 
     def describe(self) -> str:

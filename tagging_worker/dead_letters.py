@@ -4,21 +4,37 @@ A record is a hash (`json` holds the whole record; `reason`, `call_id` and the e
 are copied out so the Lua scripts can keep the indexes right without decoding JSON). Adding,
 removing and replaying each run as one script, so a record is never half-indexed and a replay
 is never both on the queue and in the store, nor in neither.
+
+What a record may hold is one schema (`record_problem`): `prepare` only writes records that pass
+it, `dead import` refuses lines that do not, and a stored record that does not (written by hand
+or by an older version) is read as damaged, shown as such and never replayed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from tagging_worker.dead_filter import DeadFilter, last_code
+from tagging_worker.event import (
+    MAX_CALL_ID_LENGTH,
+    MAX_EVENT_ID_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_VERSION,
+)
 from tagging_worker.keys import Keys
+
+if TYPE_CHECKING:
+    from tagging_worker.settings import Settings
 
 # Every record is indexed by time of death (all), reason, call and, when it has one, the
 # error code it died of; each script keeps all four right.
@@ -135,6 +151,252 @@ return 1
 )
 
 
+MAX_DETAIL_CHARS = 2_000
+"""A detail is an error message: longer ones are clipped when a record is made."""
+MAX_TIME = 253_402_300_799.0
+"""9999-12-31T23:59:59Z, the last second a date can show: later is no time of death."""
+_LINE_SLACK = 1 << 20
+"""Room in an exported line for everything but the event and the validated event (clipped
+attempts, detail and ids take far less)."""
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class RecordRules:
+    """What a record must be to be stored here. None leaves that side unchecked: sizes are
+    checked when storing, not when reading, so lowering the limit damages no stored record."""
+
+    max_raw_bytes: int | None
+    """TAGGING_DEAD_LETTER_MAX_RAW_BYTES: the event and the validated event are kept up to it."""
+    key_prefix: str | None = None
+    queue: str | None = None
+
+
+def _text(*, most: int | None = None, least: int = 1) -> AfterValidator:
+    """A length check that leaves the text alone: pydantic's own refuses lone surrogates,
+    which a record may hold (text decoded from JSON `"\\ud800"`)."""
+
+    def check(text: str) -> str:
+        if len(text) < least:
+            raise PydanticCustomError("empty", "is empty")
+        if most is not None and len(text) > most:
+            raise PydanticCustomError(
+                "long", "is {size} characters, more than {most}", {"size": len(text), "most": most}
+            )
+        return text
+
+    return AfterValidator(check)
+
+
+def _key_safe(text: str) -> str:
+    """Ids, reasons and calls name Redis keys, which must be UTF-8."""
+    if not _utf8_safe(text):
+        raise PydanticCustomError("surrogate", "holds a lone surrogate, and it names a Redis key")
+    return text
+
+
+def _reason(text: str) -> str:
+    if not _REASON.fullmatch(text):
+        raise PydanticCustomError("reason", "is not a reason (lower case letters, digits, _)")
+    return text
+
+
+_Time = Annotated[float, Field(ge=0, le=MAX_TIME)]
+"""A time of death, which the store sets; the times a message carries (first seen, attempts)
+are only finite: a producer may send any."""
+_Count = Annotated[int, Field(ge=0)]
+_Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class _AttemptSchema(_Schema):
+    at: float | None = None
+    code: str | None = None
+    message: str | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+    kind: str | None = None
+    charged: bool | None = None
+    maybe_applied: bool | None = None
+
+
+class _CountsSchema(_Schema):
+    attempts_made: _Count | None = None
+    attempts_used: _Count | None = None
+    elided: _Count | None = None
+    elided_kinds: dict[str, _Count] | None = None
+
+
+class _RecordSchema(_Schema):
+    """The fields `prepare` writes; those an older version did not write may be missing."""
+
+    id: Annotated[str, _text(), AfterValidator(_key_safe)]
+    reason: Annotated[str, AfterValidator(_reason)]
+    detail: Annotated[str, _text(most=MAX_DETAIL_CHARS, least=0)]
+    call_id: Annotated[str, _text(most=MAX_CALL_ID_LENGTH), AfterValidator(_key_safe)] | None = None
+    event_id: Annotated[str, _text(most=MAX_EVENT_ID_LENGTH)] | None = None
+    version: _Version | None = None
+    source: Annotated[str, _text(most=MAX_SOURCE_LENGTH)] | None = None
+    event: Any
+    normalized: dict[str, Any] | None = None
+    attempts: list[_AttemptSchema]
+    attempt_counts: _CountsSchema | None = None
+    first_seen: float | None = None
+    died_at: _Time
+    task_id: str | None = None
+    applied_version: _Version | None = None
+    queue: str | None = None
+    """Not written by the worker (a record may move to another deployment), but a record
+    that names a queue or key prefix must name this deployment's."""
+    key_prefix: str | None = None
+
+
+def record_problem(record: Any, rules: RecordRules) -> str | None:
+    """Why `record` cannot be stored or replayed here, in one line; None when it can."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {_JSON_TYPES.get(type(record), type(record).__name__)}"
+    try:
+        _RecordSchema.model_validate(record)
+    except ValidationError as exc:
+        return _one_line(exc)
+    for name, ours in (("queue", rules.queue), ("key_prefix", rules.key_prefix)):
+        theirs = record.get(name)
+        if ours is not None and theirs is not None and theirs != ours:
+            return f"{name}: names {theirs[:100]!a}, not this deployment's {ours!r}"
+    for name in ("event", "normalized"):
+        if problem := _kept_problem(record.get(name), rules.max_raw_bytes):
+            return f"{name}: {problem}"
+    return None
+
+
+def _kept_problem(value: Any, limit: int | None) -> str | None:
+    """A kept event is JSON within the limit, or what `_bounded` leaves of a bigger one."""
+    if _is_bounded_form(value):
+        what, size = "its head is", len(_utf8(value["head"]))
+    else:
+        try:
+            what, size = "as JSON it is", len(_utf8(_json(value)))
+        except ValueError:
+            return "holds NaN or Infinity, which JSON does not allow"
+        except RecursionError:
+            return "is nested too deeply to write as JSON"
+    if limit is not None and size > limit:
+        return f"{what} {size} bytes, more than TAGGING_DEAD_LETTER_MAX_RAW_BYTES ({limit})"
+    return None
+
+
+def _is_bounded_form(value: Any) -> bool:
+    """What `_bounded` leaves of a value it cannot keep whole."""
+    if not (isinstance(value, dict) and value.keys() == {"truncated", "size_bytes", "head"}):
+        return False
+    size = value["size_bytes"]
+    return (
+        value["truncated"] is True
+        and (size is None or (type(size) is int and size >= 0))
+        and isinstance(value["head"], str)
+    )
+
+
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+_SAID = {
+    "missing": "is missing",
+    "extra_forbidden": "is no field of a dead letter",
+    "model_type": "should be an object",
+}
+"""pydantic's words where they would name our classes or read oddly in a report."""
+
+
+def _one_line(error: ValidationError) -> str:
+    found = []
+    for e in error.errors(include_url=False):
+        where = ".".join(_loc(part) for part in e["loc"])
+        said = _SAID.get(e["type"])
+        found.append(f"{where} {said}" if said else f"{where}: {e['msg']}")
+    more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+    return "; ".join(found[:3]) + more
+
+
+def _loc(part: str | int) -> str:
+    """A field name from the record itself, made safe for one line of a report."""
+    if isinstance(part, int) or re.fullmatch(r"[A-Za-z0-9_]{1,40}", part):
+        return str(part)
+    return ascii(part[:40])
+
+
+def export_line(record: dict[str, Any]) -> str:
+    """One line of an export; `import_lines` reads it back."""
+    return _dumps(record) + "\n"
+
+
+def import_lines(
+    text: str, rules: RecordRules
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, record, None) for each record of an export, (line number, None, why) for
+    each line refused. Lines end at "\n" only: str.splitlines would also cut at U+2028 or
+    U+0085, which JSON leaves unescaped inside a record's text (and at U+001C in a hand-made
+    line). A line too long for any record is refused before it is parsed: the event and the
+    validated event take at most 3 times their limit each once escaped."""
+    limit = None if rules.max_raw_bytes is None else 8 * rules.max_raw_bytes + _LINE_SLACK
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip(" \t\r"):
+            continue
+        size = len(_utf8(line))
+        if limit is not None and size > limit:
+            yield number, None, f"the line is {size} bytes, more than a record can take ({limit})"
+            continue
+        record, problem = parse_record(line, rules)
+        yield number, record, problem
+
+
+def parse_record(text: str, rules: RecordRules) -> tuple[dict[str, Any] | None, str | None]:
+    """The record in `text`, or why there is none: never an exception."""
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        return None, "not JSON we can read (nested too deeply)"
+    except ValueError as exc:
+        return None, f"not JSON ({exc})"
+    problem = record_problem(record, rules)
+    return (None, problem) if problem else (record, None)
+
+
+def damage(record: dict[str, Any]) -> str | None:
+    """Why a record read from the store cannot be trusted; None when it is whole."""
+    return record.get("damaged")
+
+
+def unsendable(event: Any) -> str | None:
+    """Why `event` cannot be put on the queue: a message is UTF-8 JSON, which a lone surrogate
+    in a record's text (kept escaped) cannot be."""
+    try:
+        text = _json(event)
+    except (ValueError, RecursionError):
+        return "its event cannot be written as JSON"
+    if _utf8_safe(text):
+        return None
+    return "its event holds a lone surrogate, which no message can carry"
+
+
+class ReplayRefused(Exception):
+    """The record stays where it is: it is damaged (or names another queue), or its event
+    cannot be sent."""
+
+    def __init__(self, record_id: str, why: str) -> None:
+        super().__init__(f"{record_id}: {why}")
+        self.record_id = record_id
+        self.why = why
+
+
 @dataclass(frozen=True)
 class DeadRecord:
     """A dead letter ready to store, with what the scripts index it by."""
@@ -197,6 +459,7 @@ class DeadLetterStore:
         max_event_bytes: int = 65_536,
         fate_ttl: int = 7 * 86_400,
         version_ttl: int = 7 * 86_400,
+        queue: str | None = None,
     ) -> None:
         self._redis = client
         self._keys = keys
@@ -204,9 +467,29 @@ class DeadLetterStore:
         self._max_event_bytes = max_event_bytes
         self._fate_ttl = fate_ttl
         self._version_ttl = version_ttl
+        self._queue = queue
         self._add = client.register_script(_ADD)
         self._take = client.register_script(_TAKE)
         self._trim = client.register_script(_TRIM_OLDEST)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> DeadLetterStore:
+        """The store as the deployment is set up, its queue included: a record that names
+        another queue then reads as damaged, not only when a replay refuses it."""
+        return cls(
+            client,
+            keys,
+            max_records=settings.dead_letter_max_records,
+            max_event_bytes=settings.dead_letter_max_raw_bytes,
+            fate_ttl=settings.fate_ttl_seconds,
+            version_ttl=settings.version_ttl_seconds,
+            queue=settings.queue,
+        )
+
+    @property
+    def rules(self) -> RecordRules:
+        """What a record must be to be stored here; `dead import` holds each line to it."""
+        return RecordRules(self._max_event_bytes, self._keys.prefix, self._queue)
 
     def prepare(
         self,
@@ -227,17 +510,23 @@ class DeadLetterStore:
         `applied_version` is the call's version when it died: a replay that finds it forgotten
         brings it back, so a replay or an import can never regress the call. `attempts` is
         the kept part of the history (first and latest), `attempt_counts` counts all of it.
+
+        Whatever it is handed (text with lone surrogates, values nested too deep for JSON, a
+        huge message), the record passes `record_problem`: what names a Redis key is escaped,
+        the detail clipped, the events bounded, and the copies of an invalid event's fields
+        kept only when they fit (the event as received still holds them).
         """
+        call_id = _field(normalized, event, "call_id")
         record = {
-            "id": record_id,
+            "id": _key_text(record_id),
             "reason": reason,
-            "detail": detail,
-            "call_id": _field(normalized, event, "call_id"),
-            "event_id": _field(normalized, event, "event_id"),
-            "version": _field(normalized, event, "version"),
-            "source": _field(normalized, event, "source"),
+            "detail": _clipped(detail, MAX_DETAIL_CHARS),
+            "call_id": _fitting(_key_text(call_id), MAX_CALL_ID_LENGTH),
+            "event_id": _fitting(_field(normalized, event, "event_id"), MAX_EVENT_ID_LENGTH),
+            "version": _version_or_none(_field(normalized, event, "version")),
+            "source": _fitting(_field(normalized, event, "source"), MAX_SOURCE_LENGTH),
             "event": self._bounded(event),
-            "normalized": normalized,
+            "normalized": None if normalized is None else self._bounded(normalized),
             "attempts": attempts,
             "attempt_counts": attempt_counts,
             "first_seen": first_seen,
@@ -271,7 +560,9 @@ class DeadLetterStore:
     def restore(self, record: dict[str, Any], *, replace: bool) -> Restored:
         """Store an exported record as it was (its id and time of death kept). Without
         `replace`, an id already here is left alone. A record whose event has finished
-        otherwise since (it was replayed and applied) is not restored."""
+        otherwise since (it was replayed and applied) is not restored. The record is not held
+        to the schema here (`dead import` refuses what `import_lines` refuses); one that breaks
+        it reads as damaged."""
         if not isinstance(record.get("id"), str) or not isinstance(record.get("reason"), str):
             raise ValueError("a dead-letter record needs a string id and reason")
         answer = self._store(record, keep_existing=not replace)
@@ -293,7 +584,7 @@ class DeadLetterStore:
                 ],
                 args=[
                     record["id"],
-                    json.dumps(record, ensure_ascii=False, default=repr),
+                    _dumps(record),
                     record["reason"],
                     str(call_id),
                     last_code(record) or "",
@@ -307,16 +598,25 @@ class DeadLetterStore:
         )
 
     def _bounded(self, event: Any) -> Any:
-        """A huge message is kept as its first bytes, so one bad producer cannot fill Redis."""
-        text = json.dumps(event, ensure_ascii=False, default=repr)
-        if len(text.encode()) <= self._max_event_bytes:
+        """A huge message is kept as its first bytes, so one bad producer cannot fill Redis;
+        one that JSON cannot hold (NaN, nested deeper than the encoder goes) as nothing
+        (`size_bytes` None), so the record itself can always be written."""
+        try:
+            text = _utf8(_json(event))
+        except (ValueError, RecursionError):
+            return {"truncated": True, "size_bytes": None, "head": ""}
+        if len(text) <= self._max_event_bytes:
             return event
-        head = text.encode()[: self._max_event_bytes].decode("utf-8", "ignore")
-        return {"truncated": True, "size_bytes": len(text.encode()), "head": head}
+        head = text[: self._max_event_bytes].decode("utf-8", "ignore")
+        return {"truncated": True, "size_bytes": len(text), "head": head}
 
     def get(self, record_id: str) -> dict[str, Any] | None:
-        raw = self._redis.hget(self._keys.dead_record(record_id), "json")
-        return json.loads(raw) if raw else None
+        """The record, or a damaged stand-in for one that breaks the schema (see `_read`)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(self._keys.dead_record(record_id), "json", "reason", "call_id")
+        pipe.zscore(self._keys.dead_all, record_id)
+        fields, score = pipe.execute()
+        return self._read(record_id, fields, score)
 
     def count(self, where: DeadFilter | None = None) -> int:
         """Exact: by one index when the filter is one indexed field, else by walking."""
@@ -434,13 +734,19 @@ class DeadLetterStore:
         """Move one record back onto the queue in one step; False if it is no longer here.
 
         `revise(record)` gives the event to send (default: `replay_event`), for an operator's
-        fix or a forced version; the record must not change in between (ReplayConflict).
+        fix or a forced version; the record must not change in between (ReplayConflict). A
+        damaged record, one that names another queue or one whose event cannot be sent stays
+        (ReplayRefused).
         """
         raw = self._redis.hget(self._keys.dead_record(record_id), "json")
         if raw is None:
             return False
-        record = json.loads(raw)
+        record, damaged = self._check(record_id, raw, replace(self._reading, queue=queue))
+        if record is None:
+            raise ReplayRefused(record_id, f"damaged: {damaged}")
         event = (revise or replay_event)(record)
+        if why := unsendable(event):
+            raise ReplayRefused(record_id, why)
         fields = event if isinstance(event, dict) else {}
         event_id = str(fields.get("event_id") or record_id)
         call_id = record.get("call_id") if isinstance(record.get("call_id"), str) else None
@@ -505,17 +811,58 @@ class DeadLetterStore:
 
     def _fetch(self, ids: list[bytes]) -> Iterator[dict[str, Any]]:
         pipe = self._redis.pipeline(transaction=False)
-        for record_id in ids:
-            pipe.hget(self._keys.dead_record(record_id.decode()), "json")
-        for raw in pipe.execute():
-            if raw:
-                yield json.loads(raw)
+        for raw_id in ids:
+            pipe.hmget(self._keys.dead_record(raw_id.decode()), "json", "reason", "call_id")
+            pipe.zscore(self._keys.dead_all, raw_id)
+        answers = pipe.execute()
+        for raw_id, fields, score in zip(ids, answers[::2], answers[1::2], strict=True):
+            record = self._read(raw_id.decode(), fields, score)
+            if record is not None:
+                yield record
+
+    @property
+    def _reading(self) -> RecordRules:
+        return replace(self.rules, max_raw_bytes=None)
+
+    def _read(
+        self, record_id: str, fields: list[bytes | None], score: float | None
+    ) -> dict[str, Any] | None:
+        """A stored record, or for one that breaks the schema a stand-in built from what the
+        indexes know (they are written by the scripts, never from the JSON), so one bad
+        record shows as damaged instead of failing every listing it is in."""
+        raw, reason, call_id = fields
+        if raw is None:
+            return None
+        record, why = self._check(record_id, raw, self._reading)
+        if record is not None:
+            return record
+        died = score / 1000 if score is not None and 0 <= score / 1000 <= MAX_TIME else None
+        return {
+            "id": record_id,
+            "damaged": why,
+            "reason": reason.decode("utf-8", "backslashreplace") if reason else None,
+            "call_id": call_id.decode("utf-8", "backslashreplace") if call_id else None,
+            "died_at": died,
+        }
+
+    @staticmethod
+    def _check(
+        record_id: str, raw: bytes, rules: RecordRules
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"not UTF-8 (byte {exc.start})"
+        record, why = parse_record(text, rules)
+        if record is not None and record["id"] != record_id:
+            return None, f"its id is {record['id'][:100]!a}, but it is kept as {record_id!r}"
+        return record, why
 
 
 def _dead_record(record: dict[str, Any]) -> DeadRecord:
     return DeadRecord(
         id=record["id"],
-        json=json.dumps(record, ensure_ascii=False, default=repr),
+        json=_dumps(record),
         reason=record["reason"],
         call_id=str(record.get("call_id")),
         code=last_code(record) or "",
@@ -533,6 +880,56 @@ def _field(normalized: dict[str, Any] | None, event: Any, name: str) -> Any:
     if normalized is not None:
         return normalized.get(name)
     return event.get(name) if isinstance(event, dict) else None
+
+
+def _fitting(value: Any, limit: int) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+
+def _version_or_none(value: Any) -> int | None:
+    fits = type(value) is int and 0 <= value <= MAX_VERSION
+    return value if fits else None
+
+
+def _key_text(value: Any) -> Any:
+    """Text that names a Redis key, with lone surrogates (which UTF-8 cannot carry) escaped."""
+    if isinstance(value, str) and not _utf8_safe(value):
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
+def _clipped(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    marker = f"...[{len(text)} characters in all]"
+    return text[: limit - len(marker)] + marker
+
+
+def _json(value: Any) -> str:
+    """The JSON a record is measured in; raises for what JSON cannot hold (NaN, too deep)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, default=repr)
+
+
+def _dumps(record: Any) -> str:
+    """A record as stored and exported: non-ASCII text as it is, unless the record holds a
+    lone surrogate, which only a JSON escape can carry (UTF-8 cannot)."""
+    text = _json(record)
+    if _utf8_safe(text):
+        return text
+    return json.dumps(record, allow_nan=False, default=repr)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 for measuring and cutting, a lone surrogate as its escape."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _utf8_safe(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _score_range(where: DeadFilter) -> tuple[str | int, str | int]:

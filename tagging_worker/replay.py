@@ -16,7 +16,8 @@ def replay_dead_letter(
     """Move one record back onto the queue with a fresh attempt budget, as it was or as
     `revise(record)` makes it.
 
-    False when the record is gone, or changed between reading and moving it (then it stays).
+    False when the record is gone, or changed between reading and moving it (then it stays);
+    ReplayRefused when it is damaged or cannot be sent (it stays too).
     """
     queue = rt.settings.queue
     try:

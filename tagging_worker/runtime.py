@@ -53,14 +53,7 @@ class Runtime:
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
-        return DeadLetterStore(
-            self.redis,
-            self.keys,
-            max_records=self.settings.dead_letter_max_records,
-            max_event_bytes=self.settings.dead_letter_max_raw_bytes,
-            fate_ttl=self.settings.fate_ttl_seconds,
-            version_ttl=self.settings.version_ttl_seconds,
-        )
+        return DeadLetterStore.from_settings(self.redis, self.keys, self.settings)
 
     @cached_property
     def ordering(self) -> Ordering:

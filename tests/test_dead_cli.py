@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from tagging_worker.api import ApiFailure
@@ -145,7 +146,7 @@ def test_replay_of_ids_and_of_a_filter_and_a_dry_run_that_moves_nothing(
     assert redis_client.llen(queue) == 0 and runtime.dead_letters.count() == 4
 
     one = _json(worker_env, "dead", "replay", "e3", "--json")
-    assert one == {"replayed": ["e3"], "not_found": [], "forced": []}
+    assert one == {"replayed": ["e3"], "not_found": [], "forced": [], "refused": []}
     some = _json(worker_env, "dead", "replay", "--all", "--code", "X", "--json")
     assert sorted(some["replayed"]) == ["e0", "e1"]
     assert sorted(queued_event_ids(redis_client, queue)) == ["e0", "e1", "e3"]
@@ -267,3 +268,133 @@ def test_a_bulk_replay_killed_half_way_leaves_each_record_replayed_or_dead_never
     assert len(queued) == len(set(queued)), "none replayed twice"
     assert not set(queued) & dead, "none both replayed and still dead"
     assert set(queued) | dead == set(ids), "none lost"
+
+
+def _plant(redis_client: redis.Redis, runtime: Runtime, record_id: str, stored: str) -> None:
+    """A record as an older version or a hand edit might have left it: indexed, JSON as given."""
+    k, died_ms = runtime.keys, int(time.time() * 1000)
+    redis_client.hset(
+        k.dead_record(record_id),
+        mapping={"json": stored, "reason": "permanent_error", "call_id": "call-1", "code": ""},
+    )
+    for index in (k.dead_all, k.dead_by_reason("permanent_error"), k.dead_by_call("call-1")):
+        redis_client.zadd(index, {record_id: died_ms})
+
+
+DAMAGED = {
+    "no-detail": json.dumps({"id": "no-detail", "reason": "permanent_error", "died_at": 1.0}),
+    "inf": '{"id": "inf", "reason": "permanent_error", "detail": "x", "died_at": Infinity, '
+    '"event": {}, "attempts": []}',
+    "ints": json.dumps(
+        {
+            "id": "ints",
+            "reason": "permanent_error",
+            "detail": "x",
+            "died_at": 1.0,
+            "event": {},
+            "attempts": [1, 2],
+        }
+    ),
+    "not-json": "{not json",
+}
+
+
+@pytest.fixture
+def damaged(redis_client: redis.Redis, runtime: Runtime) -> list[str]:
+    """One good record (e1) and the damaged ones, all under reason permanent_error."""
+    _bury(runtime, "e1")
+    for record_id, stored in DAMAGED.items():
+        _plant(redis_client, runtime, record_id, stored)
+    return sorted(DAMAGED)
+
+
+def test_list_shows_damaged_records_as_damaged_and_the_good_ones_whole(
+    worker_env: dict[str, str], damaged: list[str]
+) -> None:
+    for filters in ([], ["--reason", "permanent_error"], ["--call-id", "call-1"]):
+        table = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "list", *filters)
+        assert table.returncode == 0, table.stderr
+        assert table.stdout.count("damaged") == len(damaged), table.stdout
+        assert "e1" in table.stdout and "InvalidParameter.Tags" in table.stdout
+        records = _json(worker_env, "dead", "list", "--json", *filters)
+        assert sorted(r["id"] for r in records if "damaged" in r) == damaged
+        [whole] = [r for r in records if r["id"] == "e1"]
+        assert whole["detail"] == "InvalidParameter.Tags: refused"
+
+
+def test_show_says_why_a_record_is_damaged(worker_env: dict[str, str], damaged: list[str]) -> None:
+    for record_id in damaged:
+        shown = run_cli(worker_env, "dead", "show", record_id)
+        assert shown.returncode == 0, shown.stderr
+        assert "damaged: " in shown.stdout, shown.stdout
+        assert "damaged" in _json(worker_env, "dead", "show", record_id, "--json")
+
+
+def test_replay_refuses_each_damaged_record_and_replays_the_good_ones(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, damaged: list[str]
+) -> None:
+    dry = run_cli(worker_env, "dead", "replay", "--all", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay e1" in dry.stdout
+    assert all(f"{record_id}: damaged: " in dry.stdout for record_id in damaged), dry.stdout
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+    done = run_cli(worker_env, "dead", "replay", "--all", "--json")
+
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["replayed"] == ["e1"]
+    assert sorted(d["id"] for d in summary["refused"]) == damaged
+    assert queued_event_ids(redis_client, runtime.settings.queue) == ["e1"]
+    assert runtime.dead_letters.count() == len(damaged), "damaged records stay for a look"
+
+
+def test_a_record_naming_another_queue_is_not_replayed_into_this_one(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    _bury(runtime, "e1")
+    foreign = {**runtime.dead_letters.get("e1"), "id": "foreign", "queue": "someone-elses"}
+    _plant(redis_client, runtime, "foreign", json.dumps(foreign))
+
+    done = run_cli(worker_env, "dead", "replay", "foreign")
+
+    assert done.returncode == 1
+    assert "foreign" in done.stderr and "someone-elses" in done.stderr, done.stderr
+    assert redis_client.llen(runtime.settings.queue) == 0
+
+
+def test_export_writes_the_good_records_and_names_each_damaged_one(
+    worker_env: dict[str, str], damaged: list[str], tmp_path: Path
+) -> None:
+    dump = tmp_path / "dead.jsonl"
+
+    done = run_cli(worker_env, "dead", "export", "--output", str(dump))
+
+    assert done.returncode == 1, done.stderr
+    assert [json.loads(line)["id"] for line in dump.read_text().split("\n")[:-1]] == ["e1"]
+    for record_id in damaged:
+        assert f"not exported: {record_id} damaged: " in done.stderr, done.stderr
+
+
+def test_a_record_whose_event_holds_a_lone_surrogate_is_refused_not_replayed(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    """No message can carry it (messages are UTF-8); the record stays for an operator's fix."""
+    runtime.dead_letters.add(
+        record_id="e1",
+        reason="invalid_event",
+        detail="call_id contains a lone surrogate",
+        event={"call_id": "\ud800", "tags": ["a"]},
+        normalized=None,
+        attempts=[],
+        first_seen=time.time(),
+        task_id="e1",
+    )
+
+    dry = run_cli(worker_env, "dead", "replay", "e1", "--dry-run")
+    done = run_cli(worker_env, "dead", "replay", "e1")
+
+    assert dry.returncode == 0 and "would refuse e1: " in dry.stdout, dry.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "lone surrogate" in done.stderr and "e1" in done.stderr, done.stderr
+    assert redis_client.llen(runtime.settings.queue) == 0 and runtime.dead_letters.count() == 1

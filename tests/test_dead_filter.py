@@ -68,3 +68,20 @@ def test_a_record_matches_when_every_given_filter_does(where: DeadFilter, matche
 def test_a_filter_describes_itself_for_confirmations() -> None:
     assert DeadFilter().describe() == "all" and DeadFilter().empty
     assert DeadFilter(reason="expired", code="X").describe() == "reason=expired, code=X"
+
+
+@pytest.mark.parametrize(
+    "attempts", ["abc", [1, 2], [{"code": 5}], [["code"]], {"code": "X"}, None, 7]
+)
+def test_a_record_with_malformed_attempts_has_no_code_instead_of_failing(attempts: object) -> None:
+    assert last_code({"attempts": attempts}) is None
+
+
+@pytest.mark.parametrize("died_at", [float("inf"), float("nan"), "yesterday", None, [1]])
+def test_a_record_with_a_malformed_time_matches_no_time_filter_instead_of_failing(
+    died_at: object,
+) -> None:
+    record = {**RECORD, "died_at": died_at}
+    assert DeadFilter(reason="permanent_error").matches(record)
+    assert not DeadFilter(since=NOW - 7200).matches(record)
+    assert not DeadFilter(until=NOW).matches(record)

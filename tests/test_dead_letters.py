@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 
@@ -10,9 +11,17 @@ import pytest
 import redis
 
 from tagging_worker.dead_filter import DeadFilter
-from tagging_worker.dead_letters import DeadLetterStore, ReplayConflict, Restored
+from tagging_worker.dead_letters import (
+    DeadLetterStore,
+    DeadRecord,
+    ReplayConflict,
+    ReplayRefused,
+    Restored,
+)
 from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
+from tagging_worker.ordering import Ordering
+from tagging_worker.outcomes import Outcome
 from tests.conftest import queued_event_ids
 
 
@@ -221,3 +230,94 @@ def test_a_revised_replay_registers_the_revised_version(
     [event_id] = queued_event_ids(redis_client, namespace)
     assert event_id == "e1"
     assert redis_client.zscore(Keys(namespace).pending("call-1"), "e1") == 9
+
+
+def _worker_stores(redis_client: redis.Redis, namespace: str, record: DeadRecord) -> None:
+    """Stored the way the worker stores a dead letter: with its fate, in the ordering script."""
+    ordering = Ordering(redis_client, Keys(namespace), queue=namespace, version_ttl=60, fate_ttl=60)
+    assert ordering.finish(record.id, Outcome.DEAD, record)
+
+
+def test_lone_surrogates_and_unicode_line_breaks_are_stored_and_read_back_unchanged(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    """An event decoded from JSON `"\\ud800"` holds a lone surrogate, which UTF-8 cannot carry."""
+    text = "\ud800 \udfff \u2028 \x85 \x1c 有意向"
+    event = {"call_id": "\ud800", "tags": [text]}
+    record = store.prepare(
+        record_id="e1",
+        reason="invalid_event",
+        detail=text,
+        event=event,
+        normalized=None,
+        attempts=[],
+        first_seen=0.0,
+        task_id="e1",
+    )
+    _worker_stores(redis_client, namespace, record)
+
+    stored = store.get("e1")
+    assert stored == json.loads(record.json)
+    assert stored["event"] == event and stored["detail"] == text
+    assert [r["id"] for r in store.list()] == ["e1"]
+
+
+def test_a_deeply_nested_or_huge_event_is_stored_bounded(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str
+) -> None:
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    for n, event in enumerate([nested, {"blob": "x" * 10_000_000}]):
+        record = store.prepare(
+            record_id=f"e{n}",
+            reason="invalid_event",
+            detail="x" * 1_000_000,
+            event=event,
+            normalized=None,
+            attempts=[],
+            first_seen=0.0,
+            task_id=f"e{n}",
+        )
+        _worker_stores(redis_client, namespace, record)
+        assert store.get(f"e{n}")["event"]["truncated"] is True
+        assert len(record.json.encode()) < 200_000
+
+
+def _plant(redis_client: redis.Redis, namespace: str, record_id: str, stored: str | bytes) -> None:
+    k = Keys(namespace)
+    redis_client.hset(
+        k.dead_record(record_id),
+        mapping={"json": stored, "reason": "permanent_error", "call_id": "call-1", "code": ""},
+    )
+    for index in (k.dead_all, k.dead_by_reason("permanent_error"), k.dead_by_call("call-1")):
+        redis_client.zadd(index, {record_id: 1_000})
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        '{"id": "bad", "reason": "permanent_error", "died_at": 1.0}',
+        '{"id": "bad", "reason": "permanent_error", "detail": "x", "died_at": Infinity, '
+        '"event": {}, "attempts": "abc"}',
+        '{"id": "someone-else", "reason": "permanent_error", "detail": "x", "died_at": 1.0, '
+        '"event": {}, "attempts": []}',
+        "{not json",
+        b'{"id": "bad\xff"}',
+    ],
+    ids=["incomplete", "infinite", "other-id", "not-json", "not-utf8"],
+)
+def test_a_damaged_record_is_read_as_damaged_and_never_replayed(
+    store: DeadLetterStore, redis_client: redis.Redis, namespace: str, stored: str | bytes
+) -> None:
+    _add(store, "e1")
+    _plant(redis_client, namespace, "bad", stored)
+
+    [bad] = [r for r in store.list() if r["id"] == "bad"]
+    assert bad["damaged"] and bad["reason"] == "permanent_error" and bad["died_at"] == 1.0
+    assert store.get("bad") == bad
+    assert [r["id"] for r in store.iter_records(DeadFilter(call_id="call-1"))] == ["bad", "e1"]
+    with pytest.raises(ReplayRefused, match="bad"):
+        store.replay("bad", queue=namespace, build_message=_build)
+    assert store.replay("e1", queue=namespace, build_message=_build)
+    assert queued_event_ids(redis_client, namespace) == ["e1"] and store.count() == 1
