@@ -52,33 +52,28 @@ def with_event_json(queue: str, event_json: str) -> bytes:
 
 
 def with_headers(queue: str, **changes: Any) -> bytes:
-    message = envelope(queue)
-    for name, value in changes.items():
-        if value is _DROP:
-            message["headers"].pop(name, None)
-        else:
-            message["headers"][name] = value
-    return json.dumps(message).encode()
-
-
-def with_envelope(queue: str, **changes: Any) -> bytes:
-    message = envelope(queue)
-    for name, value in changes.items():
-        name = name.replace("_", "-") if name.startswith("content") else name
-        if value is _DROP:
-            message.pop(name, None)
-        else:
-            message[name] = value
-    return json.dumps(message).encode()
+    return _changed(queue, "headers", changes)
 
 
 def with_properties(queue: str, **changes: Any) -> bytes:
+    return _changed(queue, "properties", changes)
+
+
+def with_envelope(queue: str, **changes: Any) -> bytes:
+    """`content_type=` and `content_encoding=` change the envelope's hyphenated keys."""
+    named = {(k.replace("_", "-") if k.startswith("content") else k): v for k, v in changes.items()}
+    return _changed(queue, "", named)
+
+
+def _changed(queue: str, part: str, changes: dict[str, Any]) -> bytes:
+    """A good message with `changes` made to one part of it (`_DROP` removes a key)."""
     message = envelope(queue)
+    target = message[part] if part else message
     for name, value in changes.items():
         if value is _DROP:
-            message["properties"].pop(name, None)
+            target.pop(name, None)
         else:
-            message["properties"][name] = value
+            target[name] = value
     return json.dumps(message).encode()
 
 
