@@ -36,10 +36,11 @@ class Trial:
         fake_api: FakeAlibabaApi,
         start_worker: Callable[..., WorkerProcess],
         client: redis.Redis,
+        pool: str,
     ) -> None:
         self.runtime, self.fake_api, self.client = runtime, fake_api, client
-        self.start_worker = start_worker
-        self.worker = start_worker()
+        self.start_worker = lambda: start_worker(pool, 2)
+        self.worker = self.start_worker()
         self.fates = 0
         self.goods = 0
         self.verdicts: dict[str, str] = {}
@@ -95,14 +96,16 @@ class Trial:
         self.fates = self.fated()
 
 
-@pytest.fixture
+@pytest.fixture(params=["threads", "prefork"])
 def trial(
+    request: pytest.FixtureRequest,
     runtime: Runtime,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> Trial:
-    return Trial(runtime, fake_api, start_worker, redis_client)
+    """A trial with a worker of each pool: the task runs in a child process under prefork."""
+    return Trial(runtime, fake_api, start_worker, redis_client, request.param)
 
 
 def _failures(trial: Trial) -> dict[str, str]:
@@ -148,7 +151,7 @@ def test_arbitrary_task_messages_each_get_one_fate_and_the_worker_keeps_consumin
 
     @given(raw=hostile_items(queue))
     @settings(
-        max_examples=60,
+        max_examples=200,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow],
