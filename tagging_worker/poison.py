@@ -1,11 +1,13 @@
-"""Messages that cannot be run are dead-lettered with their raw body, never dropped.
+"""Messages that cannot be run are dead-lettered with a reason, never dropped, and no message
+can take the worker down.
 
 Celery's defaults log and discard a message it cannot decode, whose content type it refuses
-(pickle), whose task it does not know, or whose body is not the protocol-2 shape; the Redis
-transport even loses an item that is not JSON, or an envelope kombu cannot make a message of,
-before Celery sees it (and with reliable fetch such an item would come back for ever). Here
-the transport hands such an item on as an opaque message, and the consumer checks every
-message before Celery's handler, moving the broken ones to the dead letters.
+(pickle), whose task it does not know, whose body is not the protocol-2 shape, or that was
+revoked or expired; the Redis transport even loses an item that is not JSON, or an envelope
+kombu cannot make a message of, before Celery sees it; and both read envelopes with code that
+trusts the producer (`envelope.py`). Here the transport hands an unreadable item on as an
+opaque message (a quarantined one too, see `reliable_fetch`), the consumer checks every message
+before Celery's handler, and Celery's own discards go to the dead letters as well.
 """
 
 from __future__ import annotations
