@@ -77,11 +77,12 @@ def header_problem(headers: Any, *, now: datetime) -> Problem | None:
         return _undecodable("the stamped_headers header must be a list of names")
     if not isinstance(stamps, (Mapping, type(None))):
         return _undecodable("the stamps header must be an object")
-    for name in ("eta", "expires"):
-        value = headers.get(name)
-        if value not in (None, "") and _instant(value) is None:
+    times = {name: _instant(headers.get(name)) for name in ("eta", "expires")}
+    for name, when in times.items():
+        if headers.get(name) not in (None, "") and when is None:
+            value = headers[name]
             return _undecodable(f"the {name} header is not an ISO 8601 time: {str(value)[:60]!r}")
-    expires = _instant(headers.get("expires"))
+    expires = times["expires"]
     if expires is not None and expires <= now:
         detail = f"it expired at {expires.isoformat()} (its expires header) before a worker took it"
         return Problem("expired", detail)
@@ -92,13 +93,7 @@ def body_problem(body: Any, *, max_eta_seconds: float, eta: Any, now: datetime) 
     """A decoded protocol 2 body `[args, kwargs, embed]` this worker runs, or why not."""
     if (problem := plain_json.problem(body, max_depth=MAX_DEPTH)) is not None:
         return Problem("invalid_event", f"in the message body, {problem}")
-    if not (
-        isinstance(body, list)
-        and len(body) == 3
-        and isinstance(body[0], list)
-        and isinstance(body[1], Mapping)
-        and isinstance(body[2], (Mapping, type(None)))
-    ):
+    if not _is_protocol2(body):
         return Problem("invalid_event", "body is not the protocol 2 shape [args, kwargs, embed]")
     workflow = [name for name in _WORKFLOW if (body[2] or {}).get(name)]
     if workflow:
@@ -115,6 +110,28 @@ def body_problem(body: Any, *, max_eta_seconds: float, eta: Any, now: datetime) 
             "(TAGGING_EVENT_MAX_AGE_SECONDS): a worker would hold it all that time",
         )
     return None
+
+
+def single_event(body: Any) -> tuple[Mapping[str, Any], Any] | None:
+    """(event, the retry state it carries) when a decoded body is plain bounded JSON in the
+    protocol 2 shape holding one event, as this task takes it; None otherwise."""
+    if not _is_protocol2(body) or plain_json.problem(body, max_depth=MAX_DEPTH) is not None:
+        return None
+    args, kwargs = body[0], body[1]
+    if len(args) != 1 or not isinstance(args[0], Mapping):
+        return None
+    return args[0], kwargs.get("retry_state")
+
+
+def _is_protocol2(body: Any) -> bool:
+    """`[args, kwargs, embed]`, each of its type."""
+    return (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], Mapping)
+        and isinstance(body[2], (Mapping, type(None)))
+    )
 
 
 def _undecodable(detail: str) -> Problem:

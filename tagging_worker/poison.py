@@ -16,6 +16,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,6 +34,7 @@ from tagging_worker.envelope import (
     Problem,
     body_problem,
     header_problem,
+    single_event,
 )
 from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
 from tagging_worker.reliable_fetch import QUARANTINED
@@ -45,6 +47,8 @@ _json_loads = kombu_redis.loads
 
 REASON_HEADER, DETAIL_HEADER = "x-tagging-reason", "x-tagging-detail"
 """Carry, on an opaque message, why its queue item could not be read."""
+POISON = "poison_message"
+"""The reason of a message its workers kept dying on (quarantined by reliable fetch)."""
 
 
 def tolerant_loads(raw: Any) -> Any:
@@ -90,7 +94,7 @@ def _decode(raw: Any) -> tuple[Any, Problem | None]:
         marker = decoded[QUARANTINED]
         crashes = marker.get("crashes") if isinstance(marker, dict) else "several"
         return decoded, Problem(
-            "poison_message",
+            POISON,
             f"the worker holding it died or lost its process {crashes} times "
             "(TAGGING_POISON_AFTER_CRASHES): it may be what kills workers, or was held beside it",
         )
@@ -268,11 +272,11 @@ def dead_letter_message(message: Any, problem: Problem) -> None:
         refuse(rt, {"raw_body": raw_text}, None, "internal_error", detail, task_id=record_id)
 
 
-def _one_event(message: Any) -> tuple[Any, Any] | None:
+def _one_event(message: Any) -> tuple[Mapping[str, Any], Any] | None:
     """(event, retry state) of a message of this task that holds one event, read within the
     same bounds as any item (for a quarantined message, the one inside); None otherwise."""
     if message.content_type == OPAQUE_CONTENT_TYPE:
-        if message.headers.get(REASON_HEADER) != "poison_message":
+        if message.headers.get(REASON_HEADER) != POISON:
             return None
         inner = tolerant_loads(bytes(message.body).decode("utf-8", "replace"))
         if not isinstance(inner, dict):
@@ -290,11 +294,4 @@ def _one_event(message: Any) -> tuple[Any, Any] | None:
             return None
     if content_type != CONTENT_TYPE or not isinstance(headers, dict):
         return None
-    if headers.get("task") != TASK_NAME or plain_json.problem(body, max_depth=MAX_DEPTH):
-        return None
-    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict)):
-        return None
-    args, kwargs = body[0], body[1]
-    if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
-        return None
-    return args[0], kwargs.get("retry_state")
+    return single_event(body) if headers.get("task") == TASK_NAME else None

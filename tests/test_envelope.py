@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.transport.virtual import Message
 
-from tagging_worker.envelope import body_problem, header_problem
+from tagging_worker.envelope import body_problem, header_problem, single_event
 from tagging_worker.poison import OPAQUE_CONTENT_TYPE, diagnose, tolerant_loads
 from tests.hostile import DEEP, catalogue, hostile_items, nested
 
@@ -90,6 +90,23 @@ def test_a_body_with_an_eta_within_the_maximum_age_runs() -> None:
     body = [[{}], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
 
     assert body_problem(body, max_eta_seconds=86_400, eta=eta, now=NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        ([[{"call_id": "c"}], {"retry_state": {"a": 1}}, {}], ({"call_id": "c"}, {"a": 1})),
+        ([[{"call_id": "c"}], {}, None], ({"call_id": "c"}, None)),
+        ([[{"call_id": "c"}, {}], {}, {}], None),
+        ([["c"], {}, {}], None),
+        ([[{"call_id": "c"}], {}, "embed"], None),
+        ([[{"call_id": "\ud800"}], {}, {}], None),
+    ],
+)
+def test_a_body_is_kept_as_its_event_only_when_it_holds_one_plain_event(
+    body: Any, found: Any
+) -> None:
+    assert single_event(body) == found
 
 
 def test_a_quarantine_wrapper_becomes_an_opaque_message_holding_the_original_item() -> None:
