@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,7 @@ from tagging_worker.dead_letters import (
     replay_event,
     unsendable,
 )
-from tagging_worker.event import InvalidEvent, validate_event
+from tagging_worker.event import UNPRINTABLE, InvalidEvent, validate_event
 from tagging_worker.replay import known_version, replay_dead_letter, winning_version
 from tagging_worker.runtime import Runtime
 
@@ -45,8 +44,6 @@ Since = Annotated[
     str | None, typer.Option(help="Died at or after: ISO-8601, or an age like 30m, 2h, 7d.")
 ]
 Until = Annotated[str | None, typer.Option(help="Died before: ISO-8601, or an age.")]
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _where(
@@ -531,7 +528,7 @@ def _fit_as_is(value: Any) -> bool:
 def _clean(text: str) -> str:
     """Stored text fit for one terminal line: control characters, line separators and lone
     surrogates (which no terminal should get, and UTF-8 cannot carry) escaped."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def _shown(value: Any) -> Text:

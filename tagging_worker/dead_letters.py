@@ -32,6 +32,7 @@ from tagging_worker.event import (
     MAX_VERSION,
 )
 from tagging_worker.keys import Keys
+from tagging_worker.plain_json import SURROGATE
 
 if TYPE_CHECKING:
     from tagging_worker.settings import Settings
@@ -190,7 +191,7 @@ def _text(*, most: int | None = None, least: int = 1) -> AfterValidator:
 
 def _key_safe(text: str) -> str:
     """Ids, reasons and calls name Redis keys, which must be UTF-8."""
-    if not _utf8_safe(text):
+    if SURROGATE.search(text):
         raise PydanticCustomError("surrogate", "holds a lone surrogate, and it names a Redis key")
     return text
 
@@ -382,7 +383,7 @@ def unsendable(event: Any) -> str | None:
         text = _json(event)
     except (ValueError, RecursionError):
         return "its event cannot be written as JSON"
-    if _utf8_safe(text):
+    if not SURROGATE.search(text):
         return None
     return "its event holds a lone surrogate, which no message can carry"
 
@@ -893,7 +894,7 @@ def _version_or_none(value: Any) -> int | None:
 
 def _key_text(value: Any) -> Any:
     """Text that names a Redis key, with lone surrogates (which UTF-8 cannot carry) escaped."""
-    if isinstance(value, str) and not _utf8_safe(value):
+    if isinstance(value, str) and SURROGATE.search(value):
         return value.encode("utf-8", "backslashreplace").decode()
     return value
 
@@ -914,7 +915,7 @@ def _dumps(record: Any) -> str:
     """A record as stored and exported: non-ASCII text as it is, unless the record holds a
     lone surrogate, which only a JSON escape can carry (UTF-8 cannot)."""
     text = _json(record)
-    if _utf8_safe(text):
+    if not SURROGATE.search(text):
         return text
     return json.dumps(record, allow_nan=False, default=repr)
 
@@ -922,14 +923,6 @@ def _dumps(record: Any) -> str:
 def _utf8(text: str) -> bytes:
     """UTF-8 for measuring and cutting, a lone surrogate as its escape."""
     return text.encode("utf-8", "backslashreplace")
-
-
-def _utf8_safe(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _score_range(where: DeadFilter) -> tuple[str | int, str | int]:

@@ -69,9 +69,9 @@ class InvalidEvent(ValueError):
     """The event cannot be applied; the message names the field and the problem."""
 
 
-_UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-"""Control characters (category Cc), line and paragraph separators, and surrogates (Cs): one
-C-speed scan of a field finds both kinds of trouble."""
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""Control characters (category Cc), line and paragraph separators, and surrogates (Cs): what
+no field may hold and no terminal line should get. One C-speed scan finds all of them."""
 
 
 def encode_tags(tags: Sequence[str]) -> str:
@@ -197,7 +197,7 @@ def _occurred_at(value: object) -> str | None:
 
 
 def _check_text(name: str, text: str) -> None:
-    found = _UNFIT.search(text)
+    found = UNPRINTABLE.search(text)
     if found is None:
         return
     if SURROGATE.match(found.group()):
