@@ -7,10 +7,9 @@ input or settings.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import redis
 import typer
@@ -20,8 +19,10 @@ from rich.table import Table
 from tagging_worker.cli_dead import dead
 from tagging_worker.cli_support import (
     JsonFlag,
+    bad_input,
     err,
     out,
+    read_text_or_exit,
     runtime_or_exit,
     settings_or_exit,
 )
@@ -105,41 +106,30 @@ def publish(
         event.update({k: v for k, v in extra.items() if v is not None})
         events = [event]
     else:
-        _bad_input("give --call-id (with --tag/--tags-json) or --file")
+        bad_input("give --call-id (with --tag/--tags-json) or --file")
     publisher = Publisher.from_settings(settings_or_exit())
     try:
         ids = publisher.publish_many(events)
     except InvalidEvent as exc:
-        _bad_input(f"invalid event, nothing published: {exc}")
+        bad_input(f"invalid event, nothing published: {exc}")
     for published in ids:
         out.print(published, markup=False)
 
 
 def _read_events(file: Path) -> list[Any]:
-    """Strict UTF-8 whatever the locale, so bytes that are not text are named as such instead
-    of turning into lone surrogates in the events."""
+    """A JSON array, one object, or JSON lines (split on `\n` only: U+2028 or U+0085 inside
+    an event's text is no line break)."""
+    stripped = read_text_or_exit(file).strip()
     try:
-        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-        stripped = data.decode("utf-8").strip()
         if stripped.startswith("["):
             return list(json.loads(stripped))
         if stripped.startswith("{") and "\n" not in stripped:
             return [json.loads(stripped)]
-        return [json.loads(line) for line in stripped.splitlines() if line.strip()]
-    except OSError as exc:
-        _bad_input(f"{file}: cannot read it: {exc.strerror or exc}")
-    except UnicodeDecodeError as exc:
-        _bad_input(f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})")
+        return [json.loads(line) for line in stripped.split("\n") if line.strip()]
     except json.JSONDecodeError as exc:
-        _bad_input(f"{file}: not JSON: {exc}")
+        bad_input(f"{file}: not JSON: {exc}")
     except RecursionError:
-        _bad_input(f"{file}: JSON nested too deeply to read")
-
-
-def _bad_input(reason: str) -> NoReturn:
-    """One plain line (no wrapping at the terminal's width) and exit 2: bad input."""
-    print(f"tagging-worker: {reason}", file=sys.stderr)
-    raise SystemExit(2)
+        bad_input(f"{file}: JSON nested too deeply to read")
 
 
 @cli.command()

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, NoReturn
+from typing import Annotated, Any, BinaryIO
 
 import click
 import typer
@@ -18,7 +18,16 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from tagging_worker.cli_support import JsonFlag, complain, err, out, runtime_or_exit
+from tagging_worker.cli_support import (
+    JsonFlag,
+    bad_input,
+    bad_path,
+    complain,
+    err,
+    out,
+    read_text_or_exit,
+    runtime_or_exit,
+)
 from tagging_worker.dead_filter import DeadFilter, last_code, parse_when
 from tagging_worker.dead_letters import (
     DeadLetterStore,
@@ -65,8 +74,7 @@ def _where(
             until=parse_when(until, now=now) if until else None,
         )
     except ValueError as exc:
-        err.print(f"tagging-worker: {exc}", markup=False)
-        raise SystemExit(2) from None
+        bad_input(str(exc))
 
 
 @dead.command("list")
@@ -206,8 +214,7 @@ def dead_replay(
     where = _where(reason, code, call_id, source, since, until)
     if edit:
         if not record_ids or len(record_ids) != 1 or all_matching or not where.empty:
-            err.print("tagging-worker: --edit takes exactly one id")
-            raise SystemExit(2)
+            bad_input("--edit takes exactly one id")
         raise SystemExit(_replay_edited(rt, store, record_ids[0], dry_run=dry_run))
     ids = _select(store, record_ids, all_matching, where)
     if dry_run:
@@ -415,7 +422,7 @@ def dead_export(
             with output.open("wb") as stream:
                 count = _write_lines(whole(), stream)
         except OSError as exc:
-            _bad_path(output, f"cannot write it ({exc.strerror or exc})")
+            bad_path(output, f"cannot write it ({exc.strerror or exc})")
     for record in damaged:
         complain(f"not exported: {record['id']} damaged: {damage(record)}")
     err.print(f"exported {count}" + (f", left out {len(damaged)} damaged" if damaged else ""))
@@ -436,7 +443,7 @@ def dead_import(
     store = runtime_or_exit().dead_letters
     imported = skipped = settled = 0
     bad: list[str] = []
-    for number, record, problem in import_lines(_read_text(file), store.rules):
+    for number, record, problem in import_lines(read_text_or_exit(file), store.rules):
         if record is None:
             bad.append(f"line {number}: {problem}")
             continue
@@ -467,31 +474,12 @@ def _select(
     store: DeadLetterStore, ids: list[str] | None, all_matching: bool, where: DeadFilter
 ) -> list[str] | Iterator[str]:
     if ids and (all_matching or not where.empty):
-        err.print("tagging-worker: give ids, or --all with filters, not both")
-        raise SystemExit(2)
+        bad_input("give ids, or --all with filters, not both")
     if ids:
         return ids
     if not (all_matching or not where.empty):
-        err.print("tagging-worker: give ids, or --all (with filters to narrow it)")
-        raise SystemExit(2)
+        bad_input("give ids, or --all (with filters to narrow it)")
     return store.iter_ids(where)
-
-
-def _read_text(file: Path) -> str:
-    """The whole of an import; a file that cannot be read or is not UTF-8 is one line."""
-    try:
-        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as exc:
-        _bad_path(file, f"cannot read it ({exc.strerror or exc})")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        _bad_path(file, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
-
-
-def _bad_path(path: Path, problem: str) -> NoReturn:
-    complain(f"tagging-worker: {'stdin' if str(path) == '-' else path}: {problem}")
-    raise SystemExit(2)
 
 
 def _stdout() -> BinaryIO:

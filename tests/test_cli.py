@@ -13,7 +13,7 @@ import redis
 
 from tagging_worker.fake_api.server import FakeAlibabaApi
 from tagging_worker.runtime import Runtime
-from tests.conftest import run_cli
+from tests.conftest import queued_events, run_cli
 
 
 @pytest.mark.parametrize(
@@ -98,6 +98,21 @@ def test_publish_reads_json_lines_from_stdin(
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 3
     assert redis_client.llen(runtime.settings.queue) == 3
+
+
+def test_publish_splits_json_lines_on_newlines_only_not_on_unicode_line_breaks(
+    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    notes = ["a\u2028b", "c\u0085d", "e\u001cf"]
+    lines = "\n".join(
+        json.dumps({"call_id": f"c{n}", "tags": [], "note": note}, ensure_ascii=False)
+        for n, note in enumerate(notes)
+    )
+
+    result = run_cli(worker_env, "publish", "--file", "-", stdin=lines)
+
+    assert result.returncode == 0, result.stderr
+    assert [e["note"] for e in queued_events(redis_client, runtime.settings.queue)] == notes
 
 
 def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
