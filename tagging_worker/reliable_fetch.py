@@ -135,15 +135,12 @@ return moved
 """
 )
 
-# KEYS: held list, queue; ARGV: message, 'front' (taken next) or 'back'
-# Only a message still held goes back, so one already acked or recovered is never doubled.
+# KEYS: held list, queue; ARGV: message
+# Back to the front of the queue (taken next). Only a message still held goes back, so one
+# already acked or recovered is never doubled.
 _GIVE_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if ARGV[2] == 'front' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-else
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-end
+redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -459,7 +456,7 @@ class ReliableFetch:
         queue = self._fetch_queue
         if queue not in self.connection._callbacks:
             # Consuming was cancelled while the BLMOVE waited: the message goes back first.
-            self._give_back(item, front=True)
+            self._give_back(item)
             raise Empty()
         payload = kombu_redis.loads(bytes_to_str(item))
         self._delivering = item
@@ -476,14 +473,8 @@ class ReliableFetch:
     def _release(self, raw: bytes) -> None:
         self._redis().lrem(self._held_key, 1, raw)
 
-    def _give_back(self, raw: bytes, *, front: bool) -> bool:
-        return bool(
-            self._script(
-                "give_back",
-                [self._held_key, self._queue_key],
-                [raw, "front" if front else "back"],
-            )
-        )
+    def _give_back(self, raw: bytes) -> bool:
+        return bool(self._script("give_back", [self._held_key, self._queue_key], [raw]))
 
     def _requeue(self, raw: bytes) -> bool:
         return bool(
@@ -510,7 +501,7 @@ class ReliableFetch:
             return
         try:
             for raw in held:
-                self._give_back(raw, front=True)
+                self._give_back(raw)
         except redis.RedisError as exc:
             log.warning(
                 "could not put held messages back (%s): they come back when this consumer's "
@@ -534,7 +525,7 @@ class ReliableFetch:
         for raw in listed:
             if known[raw]:
                 known[raw] -= 1
-            elif self._give_back(raw, front=True):
+            elif self._give_back(raw):
                 orphans += 1
         if orphans:
             log.warning("%d message(s) taken by a lost fetch are back on the queue", orphans)
