@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tagging_worker.outcomes import FATES
-from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
+from tagging_worker.state.outcomes import FATES
+from tagging_worker.state.stores import Runtime
 
 REDIS_URL = os.environ.get("TAGGING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY_ID, SECRET = "bench-access-key-id", "bench-access-key-secret"

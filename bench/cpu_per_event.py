@@ -31,8 +31,8 @@ from benchkit import (
 )
 from throughput import FakeApi
 
-from tagging_worker.publish import Publisher
-from tagging_worker.tasks import Progress, process
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.worker.tasks import Progress, process
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -13,8 +13,8 @@ import os
 import threading
 import time
 
-from tagging_worker.api import ApiSuccess, TagsApi
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.api import ApiSuccess, TagsApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.settings import load_settings
 
 

@@ -34,8 +34,8 @@ from benchkit import (
     worker_env,
 )
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.publish import Publisher
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.produce.publish import Publisher
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from benchkit import (
 )
 from throughput import FakeApi, worker
 
-from tagging_worker.publish import Publisher
+from tagging_worker.produce.publish import Publisher
 
 
 def at_load(

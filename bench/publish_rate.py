@@ -14,7 +14,7 @@ import time
 
 from benchkit import command_line, namespace
 
-from tagging_worker.publish import Publisher
+from tagging_worker.produce.publish import Publisher
 
 
 def main() -> None:

@@ -38,8 +38,8 @@ from benchkit import (
     worker_env,
 )
 
-from tagging_worker.api import ApiSuccess, TagsApi
-from tagging_worker.publish import Publisher
+from tagging_worker.alibaba.api import ApiSuccess, TagsApi
+from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
 
 

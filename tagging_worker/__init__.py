@@ -13,11 +13,11 @@ __all__ = ["app", "publish_tag_update"]
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from tagging_worker.cli_support import app_or_exit
+        from tagging_worker.cli.support import app_or_exit
 
         return app_or_exit()
     if name == "publish_tag_update":
-        from tagging_worker.publish import publish_tag_update
+        from tagging_worker.produce.publish import publish_tag_update
 
         return publish_tag_update
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from tagging_worker.cli import main
+from tagging_worker.cli.main import main
 
 main()

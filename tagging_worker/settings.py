@@ -21,9 +21,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tagging_worker.classify import FailureKind, parse_overrides
+from tagging_worker.alibaba.classify import FailureKind, parse_overrides
 from tagging_worker.event import MAX_CALL_ID_LENGTH, EventLimits
-from tagging_worker.logs import LogFormat
+from tagging_worker.ops.logs import LogFormat
 
 ENV_PREFIX = "TAGGING_"
 

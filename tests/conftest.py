@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from tagging_worker.outcomes import FATES
-from tagging_worker.runtime import Runtime
 from tagging_worker.settings import load_settings
+from tagging_worker.state.outcomes import FATES
+from tagging_worker.state.stores import Runtime
 
 if TYPE_CHECKING:
-    from tagging_worker.fake_api.server import FakeAlibabaApi
+    from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 
 REDIS_URL = os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ACCESS_KEY_ID = "test-access-key-id"
@@ -65,7 +65,7 @@ def namespace(redis_client: redis.Redis) -> Iterator[str]:
 
 @pytest.fixture
 def fake_api() -> Iterator[FakeAlibabaApi]:
-    from tagging_worker.fake_api.server import FakeAlibabaApi
+    from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 
     api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}).start()
     yield api

@@ -23,8 +23,8 @@ from typing import Any
 
 from kombu import Queue
 
-from tagging_worker.celery_app import create_app
 from tagging_worker.settings import load_settings
+from tagging_worker.worker.app import create_app
 
 
 def _die(*_: Any) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tagging_worker.api import ApiFailure, ApiSuccess, TagsApi
-from tagging_worker.classify import FailureKind
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.api import ApiFailure, ApiSuccess, TagsApi
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.settings import load_settings
 from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tagging_worker.backoff import GiveUp, RetryIn, compute_delay, next_step
+from tagging_worker.worker.backoff import GiveUp, RetryIn, compute_delay, next_step
 
 KNOBS = {"base": 1.0, "factor": 2.0, "cap": 30.0}
 

@@ -8,8 +8,8 @@ from typing import Any
 import redis
 from kombu import Connection, Queue
 
-from tagging_worker.broker_teardown import install_teardown_guard
-from tagging_worker.reliable_fetch import Transport
+from tagging_worker.worker.broker_teardown import install_teardown_guard
+from tagging_worker.worker.reliable_fetch import Transport
 from tests.conftest import OwnRedis
 
 

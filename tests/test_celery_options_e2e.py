@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from celery import Celery
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 

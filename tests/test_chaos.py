@@ -28,13 +28,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
-from tagging_worker.outcomes import FATES
-from tagging_worker.publish import Publisher
-from tagging_worker.replay import replay_dead_letter
-from tagging_worker.runtime import Runtime
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.produce.replay import replay_dead_letter
 from tagging_worker.settings import load_settings
+from tagging_worker.state.outcomes import FATES
+from tagging_worker.state.stores import Runtime
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,

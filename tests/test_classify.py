@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagging_worker.classify import FailureKind, classify, maybe_applied, parse_overrides
+from tagging_worker.alibaba.classify import FailureKind, classify, maybe_applied, parse_overrides
 
 Q, T = FailureKind.THROTTLED, FailureKind.TRANSIENT
 P, S = FailureKind.PERMANENT, FailureKind.SYSTEMIC

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.state.stores import Runtime
 from tests.conftest import queued_events, run_cli
 
 

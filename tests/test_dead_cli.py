@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.api import ApiFailure
-from tagging_worker.classify import FailureKind
+from tagging_worker.alibaba.api import ApiFailure
+from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.event import EventLimits, validate_event
-from tagging_worker.retry_state import RetryState
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
+from tagging_worker.worker.retry_state import RetryState
 from tests.conftest import queued_event_ids, queued_events, run_cli, wait_for
 
 

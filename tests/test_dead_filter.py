@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tagging_worker.dead_filter import DeadFilter, last_code, parse_when
+from tagging_worker.state.dead_filter import DeadFilter, last_code, parse_when
 
 NOW = 1_800_000_000.0
 RECORD = {

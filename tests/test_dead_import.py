@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
 from tests.conftest import run_cli
 
 

@@ -10,18 +10,18 @@ import time
 import pytest
 import redis
 
-from tagging_worker.dead_filter import DeadFilter
-from tagging_worker.dead_letters import (
+from tagging_worker.messages import build_task_message
+from tagging_worker.state.dead_filter import DeadFilter
+from tagging_worker.state.dead_letters import (
     DeadLetterStore,
     DeadRecord,
     ReplayConflict,
     ReplayRefused,
     Restored,
 )
-from tagging_worker.keys import Keys
-from tagging_worker.messages import build_task_message
-from tagging_worker.ordering import Ordering
-from tagging_worker.outcomes import Outcome
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.ordering import Ordering
+from tagging_worker.state.outcomes import Outcome
 from tests.conftest import queued_event_ids
 
 

@@ -10,16 +10,16 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagging_worker.dead_letters import (
+from tagging_worker.state.dead_letters import (
     DeadLetterStore,
     DeadRecord,
     Restored,
     export_line,
     import_lines,
 )
-from tagging_worker.keys import Keys
-from tagging_worker.ordering import Ordering
-from tagging_worker.outcomes import Outcome
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.ordering import Ordering
+from tagging_worker.state.outcomes import Outcome
 from tests.test_dead_store_schema import worker_records
 
 

@@ -11,9 +11,10 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagging_worker.api import ApiFailure
-from tagging_worker.classify import FailureKind
-from tagging_worker.dead_letters import (
+from tagging_worker.alibaba.api import ApiFailure
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.event import EventLimits, InvalidEvent, validate_event
+from tagging_worker.state.dead_letters import (
     DeadLetterStore,
     DeadRecord,
     RecordRules,
@@ -21,9 +22,8 @@ from tagging_worker.dead_letters import (
     import_lines,
     record_problem,
 )
-from tagging_worker.event import EventLimits, InvalidEvent, validate_event
-from tagging_worker.keys import Keys
-from tagging_worker.retry_state import RetryState
+from tagging_worker.state.keys import Keys
+from tagging_worker.worker.retry_state import RetryState
 
 MAX_RAW = 1024
 RULES = RecordRules(max_raw_bytes=MAX_RAW, key_prefix="here", queue="here-q")

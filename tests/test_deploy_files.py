@@ -8,10 +8,10 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-from tagging_worker import metrics  # noqa: F401  (registers the worker's metrics)
-from tagging_worker.monitoring import RedisCollector
-from tagging_worker.runtime import Runtime
+from tagging_worker.ops import metrics  # noqa: F401  (registers the worker's metrics)
+from tagging_worker.ops.monitoring import RedisCollector
 from tagging_worker.settings import Settings, env_example
+from tagging_worker.state.stores import Runtime
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

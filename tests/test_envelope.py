@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.transport.virtual import Message
 
-from tagging_worker.envelope import body_problem, header_problem, single_event
-from tagging_worker.poison import OPAQUE_CONTENT_TYPE, diagnose, tolerant_loads
+from tagging_worker.worker.envelope import body_problem, header_problem, single_event
+from tagging_worker.worker.poison import OPAQUE_CONTENT_TYPE, diagnose, tolerant_loads
 from tests.hostile import DEEP, catalogue, hostile_items, nested
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)

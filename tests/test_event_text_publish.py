@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from tagging_worker.event import InvalidEvent
-from tagging_worker.publish import Publisher, publish_tag_update
-from tagging_worker.runtime import Runtime
+from tagging_worker.produce.publish import Publisher, publish_tag_update
+from tagging_worker.state.stores import Runtime
 
 LONE = "contains a lone surrogate (not valid Unicode text)"
 

@@ -8,10 +8,19 @@ import time
 import pytest
 import redis
 
-from tagging_worker.api import ApiFailure, ApiSuccess
-from tagging_worker.classify import FailureKind
-from tagging_worker.flow import Flow, FlowPolicy, Go, Hold, Signal, Verdict, signal_of, uses_attempt
-from tagging_worker.keys import Keys
+from tagging_worker.alibaba.api import ApiFailure, ApiSuccess
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.state.flow import (
+    Flow,
+    FlowPolicy,
+    Go,
+    Hold,
+    Signal,
+    Verdict,
+    signal_of,
+    uses_attempt,
+)
+from tagging_worker.state.keys import Keys
 
 POLICY = FlowPolicy(
     rate_limit=10.0,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi, LoggedCall
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi, LoggedCall
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.state.stores import Runtime
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tagging_worker.health import LIVENESS_STALE_AFTER, STARTUP_GRACE, Heartbeats, assess
+from tagging_worker.ops.health import LIVENESS_STALE_AFTER, STARTUP_GRACE, Heartbeats, assess
 
 READY_WITHIN = 5.0
 

@@ -16,10 +16,10 @@ import redis
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME, build_task_message
-from tagging_worker.outcomes import FATES
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.outcomes import FATES
+from tagging_worker.state.stores import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess
 from tests.hostile import catalogue, hostile_items, send_task_cases
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tagging_worker import observe
-from tagging_worker.api import ApiFailure, ApiSuccess
-from tagging_worker.classify import FailureKind
-from tagging_worker.logs import LogFormat, configure
+from tagging_worker.alibaba.api import ApiFailure, ApiSuccess
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.ops import reports as observe
+from tagging_worker.ops.logs import LogFormat, configure
 
 
 @pytest.fixture

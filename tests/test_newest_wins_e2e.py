@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
-from tagging_worker.status import gather
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.ops.status import gather
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.state.stores import Runtime
 from tests.conftest import WorkerProcess, wait_for
 from tests.conftest import settled as _settled
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.state.stores import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.state.stores import Runtime
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,

@@ -11,11 +11,11 @@ from collections import defaultdict
 import pytest
 import redis
 
-from tagging_worker.dead_letters import DeadLetterStore, DeadRecord, Restored
-from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
-from tagging_worker.ordering import Begin, Ordering, Recorded, Repair, Settle
-from tagging_worker.outcomes import Outcome, OutcomeCounters
+from tagging_worker.state.dead_letters import DeadLetterStore, DeadRecord, Restored
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.ordering import Begin, Ordering, Recorded, Repair, Settle
+from tagging_worker.state.outcomes import Outcome, OutcomeCounters
 from tests.conftest import queued_event_ids
 
 
@@ -216,7 +216,7 @@ def test_a_write_of_unknown_outcome_is_repaired_once_it_can_no_longer_land(
     """v1 times out (the API may apply it later); v2 is applied and v1's retry ends stale.
     When v1 can no longer land, the check writes v2's tags again; before that it waits."""
     clock = [int(time.time() * 1000)]
-    monkeypatch.setattr("tagging_worker.ordering._now_ms", lambda: clock[0])
+    monkeypatch.setattr("tagging_worker.state.ordering._now_ms", lambda: clock[0])
     assert _begin(ordering, 1, "e1", token="a") is Begin.GO
     ordering.release("call-1", token="a")  # no version: the request stays in doubt
     assert _begin(ordering, 2, "e2", token="b") is Begin.GO

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tagging_worker.keys import Keys
-from tagging_worker.outcomes import SAMPLE_EVERY_MS, Outcome, OutcomeCounters
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.outcomes import SAMPLE_EVERY_MS, Outcome, OutcomeCounters
 
 
 @pytest.fixture

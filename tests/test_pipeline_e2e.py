@@ -12,10 +12,10 @@ import pytest
 import redis
 from celery import Celery
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.state.stores import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess, run_cli, wait_for
 from tests.conftest import settled as _settled
 

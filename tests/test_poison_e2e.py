@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
-from tagging_worker.poison import OPAQUE_CONTENT_TYPE, tolerant_loads
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.state.stores import Runtime
+from tagging_worker.worker.poison import OPAQUE_CONTENT_TYPE, tolerant_loads
 from tests.conftest import WorkerProcess, settled, wait_for
 
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
 from tests.conftest import WorkerProcess, settled, wait_for
 
 KILLER = {"call_id": "call-killer", "tags": ["boom"], "event_id": "killer"}

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tagging_worker import ordering as ordering_module
-from tagging_worker.dead_letters import DeadLetterStore
-from tagging_worker.keys import Keys
 from tagging_worker.messages import build_task_message
-from tagging_worker.ordering import Begin, Ordering, Repair, Settle
-from tagging_worker.outcomes import FATES
+from tagging_worker.state import ordering as ordering_module
+from tagging_worker.state.dead_letters import DeadLetterStore
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.ordering import Begin, Ordering, Repair, Settle
+from tagging_worker.state.outcomes import FATES
 from tests.conftest import REDIS_URL
 
 CALL = "call-1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagging_worker.redis_client import connect, is_sentinel, sentinel_nodes
+from tagging_worker.state.connection import connect, is_sentinel, sentinel_nodes
 
 
 def test_a_sentinel_url_names_every_sentinel_and_the_masters_password_and_db() -> None:

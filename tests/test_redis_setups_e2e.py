@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.publish import Publisher
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
+from tagging_worker.state.stores import Runtime
 from tests.conftest import OwnRedis, WorkerProcess, free_port, run_cli, settled, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import pytest
 import redis
 from kombu import Connection, Queue
 
-from tagging_worker import reliable_fetch
+from tagging_worker.worker import reliable_fetch
 from tests.conftest import REDIS_URL, wait_for
 
 TTL = 2.0

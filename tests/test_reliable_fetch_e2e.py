@@ -1,6 +1,6 @@
 """Messages from any producer survive the death of the worker that took them.
 
-None of these messages goes through `tagging_worker.publish`: they come from Celery's
+None of these messages goes through `tagging_worker.produce.publish`: they come from Celery's
 `send_task` or are pushed onto the queue as protocol-2 envelopes, as producers in other
 languages do. The visibility timeout stays at its default (300 s), so a message that comes
 back sooner came back through reliable fetch.
@@ -22,9 +22,9 @@ import pytest
 import redis
 from celery import Celery
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME, build_task_message
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -6,8 +6,8 @@ import threading
 
 import redis
 
-from tagging_worker.keys import Keys
-from tagging_worker.retry_schedule import RetrySchedule
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.retry_schedule import RetrySchedule
 
 
 def test_a_retry_stays_parked_until_due_then_moves_to_the_queue(

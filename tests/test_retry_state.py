@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagging_worker.api import ApiFailure
-from tagging_worker.backoff import GiveUp, next_step
-from tagging_worker.classify import FailureKind
-from tagging_worker.retry_state import (
+from tagging_worker.alibaba.api import ApiFailure
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.worker.backoff import GiveUp, next_step
+from tagging_worker.worker.retry_state import (
     COUNT_CEILING,
     FIELD_LIMIT,
     KEEP_LAST,

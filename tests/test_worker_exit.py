@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tagging_worker import celery_app
-from tagging_worker.cli import cli
+from tagging_worker.cli.main import cli
+from tagging_worker.worker import app as celery_app
 from tests.conftest import REDIS_URL
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tagging_worker.dead_letters import ReplayConflict
 from tagging_worker.messages import build_task_message
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.dead_letters import ReplayConflict
+from tagging_worker.state.stores import Runtime
 
 
 def replay_dead_letter(

@@ -16,8 +16,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from tagging_worker.cli_dead import dead
-from tagging_worker.cli_support import (
+from tagging_worker.cli.dead import dead
+from tagging_worker.cli.support import (
     JsonFlag,
     bad_input,
     err,
@@ -27,7 +27,7 @@ from tagging_worker.cli_support import (
     settings_or_exit,
 )
 from tagging_worker.event import InvalidEvent
-from tagging_worker.publish import Publisher
+from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import Pool
 
 cli = typer.Typer(
@@ -57,7 +57,7 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
 ) -> None:
     """Run a Celery worker on the tagging queue."""
-    from tagging_worker.celery_app import create_app
+    from tagging_worker.worker.app import create_app
 
     settings = settings_or_exit()
     chosen = {"worker_pool": pool, "worker_concurrency": concurrency}
@@ -142,7 +142,7 @@ def status(
     ] = True,
 ) -> None:
     """Queue, retries, dead letters, outcomes and rates, the API's pace and circuit, workers."""
-    from tagging_worker.status import gather, live_workers
+    from tagging_worker.ops.status import gather, live_workers
 
     rt = runtime_or_exit()
 
@@ -215,7 +215,7 @@ def fake_api(
     verbose: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the bundled fake Alibaba Cloud API (signature checks, fault injection)."""
-    from tagging_worker.fake_api.server import run
+    from tagging_worker.alibaba.fake_server import run
 
     run(host, port, access_key_id, access_key_secret, latency_ms, clock_check, verbose)
 
@@ -229,7 +229,7 @@ def demo(
     ] = "tagging-demo",
 ) -> None:
     """Run the whole pipeline locally: Redis, the fake API, a worker, sample events."""
-    from tagging_worker.demo import run_demo
+    from tagging_worker.cli.demo import run_demo
 
     raise SystemExit(run_demo(out, sample_count=events, namespace=namespace))
 
@@ -237,6 +237,6 @@ def demo(
 @cli.command()
 def doctor() -> None:
     """Check settings, Redis, credentials and the API endpoint; say what is wrong."""
-    from tagging_worker.doctor import run_doctor
+    from tagging_worker.ops.doctor import run_doctor
 
     raise SystemExit(run_doctor(out))

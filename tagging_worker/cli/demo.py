@@ -21,11 +21,11 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from tagging_worker.fake_api.server import FakeAlibabaApi
-from tagging_worker.publish import Publisher
-from tagging_worker.replay import replay_dead_letter
-from tagging_worker.runtime import Runtime
+from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.produce.publish import Publisher
+from tagging_worker.produce.replay import replay_dead_letter
 from tagging_worker.settings import load_settings
+from tagging_worker.state.stores import Runtime
 
 NAMESPACE = "tagging-demo"
 DEMO_KEY_ID, DEMO_KEY_SECRET = "demo-access-key-id", "demo-access-key-secret"

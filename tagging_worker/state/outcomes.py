@@ -8,7 +8,7 @@ from enum import Enum
 
 import redis
 
-from tagging_worker.keys import Keys
+from tagging_worker.state.keys import Keys
 
 
 class Outcome(str, Enum):

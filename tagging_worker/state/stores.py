@@ -13,16 +13,16 @@ from functools import cached_property
 
 import redis
 
-from tagging_worker.api import TagsApi
-from tagging_worker.dead_letters import DeadLetterStore
-from tagging_worker.flow import Flow, FlowPolicy
-from tagging_worker.health import Heartbeats
-from tagging_worker.keys import Keys
-from tagging_worker.ordering import Ordering
-from tagging_worker.outcomes import OutcomeCounters
-from tagging_worker.redis_client import connect
-from tagging_worker.retry_schedule import RetrySchedule
+from tagging_worker.alibaba.api import TagsApi
+from tagging_worker.ops.health import Heartbeats
 from tagging_worker.settings import Settings, load_settings
+from tagging_worker.state.connection import connect
+from tagging_worker.state.dead_letters import DeadLetterStore
+from tagging_worker.state.flow import Flow, FlowPolicy
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.ordering import Ordering
+from tagging_worker.state.outcomes import OutcomeCounters
+from tagging_worker.state.retry_schedule import RetrySchedule
 
 
 @dataclass

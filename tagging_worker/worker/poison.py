@@ -27,7 +27,8 @@ from celery.worker.request import Request
 from kombu.transport import redis as kombu_redis
 
 from tagging_worker import plain_json
-from tagging_worker.envelope import (
+from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
+from tagging_worker.worker.envelope import (
     MAX_DEPTH,
     MAX_ID_LENGTH,
     MAX_ITEM_BYTES,
@@ -36,8 +37,7 @@ from tagging_worker.envelope import (
     header_problem,
     single_event,
 )
-from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
-from tagging_worker.reliable_fetch import QUARANTINED
+from tagging_worker.worker.reliable_fetch import QUARANTINED
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class PoisonAwareConsumer(Consumer):
         return on_task_received
 
     def _check(self, message: Any) -> Problem | None:
-        from tagging_worker.runtime import get_runtime
+        from tagging_worker.state.stores import get_runtime
 
         settings = get_runtime().settings
         problem = diagnose(
@@ -247,8 +247,10 @@ def dead_letter_message(message: Any, problem: Problem) -> None:
     """Store the message as a dead letter with its fate. A message of this task whose body
     reads as one event is kept as that event (a revoked, expired or quarantined event replays
     as it is); anything else is kept as its raw body (bounded) and headers."""
-    from tagging_worker.runtime import get_runtime
-    from tagging_worker.tasks import refuse  # imports metrics: not before the worker set them up
+    from tagging_worker.state.stores import get_runtime
+    from tagging_worker.worker.tasks import (
+        refuse,  # imports metrics: not before the worker set them up
+    )
 
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = headers.get("id")

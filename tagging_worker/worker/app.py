@@ -9,14 +9,14 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from kombu import Queue
 
-from tagging_worker import logs, sentry
-from tagging_worker.broker_teardown import install_teardown_guard
-from tagging_worker.keys import Keys
-from tagging_worker.monitoring import prepare_multiprocess_dir
-from tagging_worker.poison import install_tolerant_transport
-from tagging_worker.reliable_fetch import install_reliable_fetch
-from tagging_worker.retry_schedule import Housekeeper
+from tagging_worker.ops import logs, sentry
+from tagging_worker.ops.monitoring import prepare_multiprocess_dir
 from tagging_worker.settings import Settings
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.retry_schedule import Housekeeper
+from tagging_worker.worker.broker_teardown import install_teardown_guard
+from tagging_worker.worker.poison import install_tolerant_transport
+from tagging_worker.worker.reliable_fetch import install_reliable_fetch
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class HousekeeperStep(bootsteps.StartStopStep):
         self.housekeeper: Housekeeper | None = None
 
     def start(self, worker: Any) -> None:
-        from tagging_worker.runtime import get_runtime
+        from tagging_worker.state.stores import get_runtime
 
         rt = get_runtime()
 
@@ -69,7 +69,7 @@ class ConsumptionGate(bootsteps.StartStopStep):
         self._paused = False
 
     def start(self, c: Any) -> None:
-        from tagging_worker.runtime import get_runtime
+        from tagging_worker.state.stores import get_runtime
 
         rt = get_runtime()
         self._timer_entry = c.timer.call_repeatedly(
@@ -108,9 +108,9 @@ class MonitoringStep(bootsteps.StartStopStep):
         self.server: Any = None
 
     def start(self, worker: Any) -> None:
-        from tagging_worker.health import assess
-        from tagging_worker.monitoring import MonitoringServer, registry_for
-        from tagging_worker.runtime import get_runtime
+        from tagging_worker.ops.health import assess
+        from tagging_worker.ops.monitoring import MonitoringServer, registry_for
+        from tagging_worker.state.stores import get_runtime
 
         rt = get_runtime()
         if not rt.settings.metrics_port:
@@ -199,7 +199,7 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
-        worker_consumer="tagging_worker.poison:PoisonAwareConsumer",
+        worker_consumer="tagging_worker.worker.poison:PoisonAwareConsumer",
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
         worker_pool=settings.worker_pool.value,
@@ -207,5 +207,5 @@ def create_app(settings: Settings) -> Celery:
     app.steps["worker"].add(HousekeeperStep)
     app.steps["worker"].add(MonitoringStep)
     app.steps["consumer"].add(ConsumptionGate)
-    app.autodiscover_tasks(["tagging_worker"], related_name="tasks", force=True)
+    app.autodiscover_tasks(["tagging_worker.worker"], related_name="tasks", force=True)
     return app

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import redis
 
-from tagging_worker.keys import Keys
+from tagging_worker.state.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from tagging_worker import metrics, sentry
-from tagging_worker.api import ApiFailure, ApiResult, ApiSuccess
-from tagging_worker.classify import FailureKind
-from tagging_worker.flow import FlowPolicy, Hold, Verdict
+from tagging_worker.alibaba.api import ApiFailure, ApiResult, ApiSuccess
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.ops import metrics, sentry
+from tagging_worker.state.flow import FlowPolicy, Hold, Verdict
 
 log = logging.getLogger("tagging_worker.events")
 flow_log = logging.getLogger("tagging_worker.flow")

@@ -25,9 +25,9 @@ from tagging_worker.event import (
     validate_event,
 )
 from tagging_worker.messages import build_task_message
-from tagging_worker.ordering import Ordering
-from tagging_worker.runtime import Runtime
 from tagging_worker.settings import Settings, load_settings
+from tagging_worker.state.ordering import Ordering
+from tagging_worker.state.stores import Runtime
 
 
 class Publisher:

@@ -13,10 +13,8 @@ import redis
 from celery import shared_task
 from celery.exceptions import Reject
 
-from tagging_worker import failpoints, observe
-from tagging_worker.api import ApiFailure, ApiResult, ApiSuccess
-from tagging_worker.backoff import GiveUp, RetryIn, compute_delay, next_step
-from tagging_worker.classify import FailureKind
+from tagging_worker.alibaba.api import ApiFailure, ApiResult, ApiSuccess
+from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.event import (
     MAX_CALL_ID_LENGTH,
     MAX_EVENT_ID_LENGTH,
@@ -24,12 +22,15 @@ from tagging_worker.event import (
     TagUpdate,
     validate_event,
 )
-from tagging_worker.flow import Go, Hold, Verdict, signal_of, spread, uses_attempt
 from tagging_worker.messages import TASK_NAME, build_task_message
-from tagging_worker.ordering import Begin, lease_ms_for
-from tagging_worker.outcomes import Outcome
-from tagging_worker.retry_state import RetryState
-from tagging_worker.runtime import Runtime, get_runtime
+from tagging_worker.ops import reports as observe
+from tagging_worker.state.flow import Go, Hold, Verdict, signal_of, spread, uses_attempt
+from tagging_worker.state.ordering import Begin, lease_ms_for
+from tagging_worker.state.outcomes import Outcome
+from tagging_worker.state.stores import Runtime, get_runtime
+from tagging_worker.worker import failpoints
+from tagging_worker.worker.backoff import GiveUp, RetryIn, compute_delay, next_step
+from tagging_worker.worker.retry_state import RetryState
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BUSY_WAIT_SECONDS = (0.05, 0.3)
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    Request="tagging_worker.poison:RevocationAwareRequest",
+    Request="tagging_worker.worker.poison:RevocationAwareRequest",
 )
 def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
     """Celery drops a message whose task raises, so nothing may escape: a message of the

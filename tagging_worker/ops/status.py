@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from tagging_worker.reliable_fetch import held_messages
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
+from tagging_worker.worker.reliable_fetch import held_messages
 
 
 def gather(rt: Runtime) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def gather(rt: Runtime) -> dict[str, Any]:
 def live_workers(rt: Runtime, *, timeout: float = 1.0) -> list[dict[str, Any]]:
     """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
     now (paused by the open circuit)."""
-    from tagging_worker.celery_app import broker_transport_options
+    from tagging_worker.worker.app import broker_transport_options
 
     control = Celery(
         broker=rt.settings.broker_url,

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from tagging_worker.health import Health
-    from tagging_worker.runtime import Runtime
+    from tagging_worker.ops.health import Health
+    from tagging_worker.state.stores import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RedisCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from tagging_worker.status import gather
+        from tagging_worker.ops.status import gather
 
         try:
             snapshot = gather(self._rt)

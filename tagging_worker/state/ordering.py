@@ -35,10 +35,10 @@ from enum import Enum
 
 import redis
 
-from tagging_worker.dead_letters import STORE_RECORD, DeadLetterStore, DeadRecord
-from tagging_worker.keys import Keys
 from tagging_worker.messages import build_settle_message
-from tagging_worker.outcomes import Outcome
+from tagging_worker.state.dead_letters import STORE_RECORD, DeadLetterStore, DeadRecord
+from tagging_worker.state.keys import Keys
+from tagging_worker.state.outcomes import Outcome
 
 
 class Begin(str, Enum):

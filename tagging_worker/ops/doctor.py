@@ -9,8 +9,8 @@ from collections.abc import Callable
 import redis
 from rich.console import Console
 
-from tagging_worker.redis_client import connect
 from tagging_worker.settings import Settings, SettingsError, load_settings
+from tagging_worker.state.connection import connect
 
 Check = Callable[[Settings], str]
 """Returns what it found; raises `Problem` with advice when something is wrong."""

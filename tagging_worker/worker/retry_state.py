@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from tagging_worker.classify import FailureKind
-from tagging_worker.dead_letters import Attempt
+from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.state.dead_letters import Attempt
 
 if TYPE_CHECKING:
-    from tagging_worker.api import ApiFailure
+    from tagging_worker.alibaba.api import ApiFailure
 
 KEEP_LAST = 10
 """Latest attempts kept besides the first: the first and the last are what an operator

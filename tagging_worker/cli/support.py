@@ -14,7 +14,7 @@ from rich.console import Console
 from tagging_worker.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from tagging_worker.runtime import Runtime
+    from tagging_worker.state.stores import Runtime
 
 out = Console()
 err = Console(stderr=True)
@@ -31,14 +31,14 @@ def settings_or_exit() -> Settings:
 
 
 def runtime_or_exit() -> Runtime:
-    from tagging_worker.runtime import Runtime
+    from tagging_worker.state.stores import Runtime
 
     return Runtime(settings_or_exit())
 
 
 @functools.cache
 def app_or_exit() -> Celery:
-    from tagging_worker.celery_app import create_app
+    from tagging_worker.worker.app import create_app
 
     return create_app(settings_or_exit())
 

@@ -18,7 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from tagging_worker.cli_support import (
+from tagging_worker.cli.support import (
     JsonFlag,
     bad_input,
     bad_path,
@@ -28,8 +28,10 @@ from tagging_worker.cli_support import (
     read_text_or_exit,
     runtime_or_exit,
 )
-from tagging_worker.dead_filter import DeadFilter, last_code, parse_when
-from tagging_worker.dead_letters import (
+from tagging_worker.event import UNPRINTABLE, InvalidEvent, validate_event
+from tagging_worker.produce.replay import known_version, replay_dead_letter, winning_version
+from tagging_worker.state.dead_filter import DeadFilter, last_code, parse_when
+from tagging_worker.state.dead_letters import (
     DeadLetterStore,
     ReplayRefused,
     Restored,
@@ -39,9 +41,7 @@ from tagging_worker.dead_letters import (
     replay_event,
     unsendable,
 )
-from tagging_worker.event import UNPRINTABLE, InvalidEvent, validate_event
-from tagging_worker.replay import known_version, replay_dead_letter, winning_version
-from tagging_worker.runtime import Runtime
+from tagging_worker.state.stores import Runtime
 
 dead = typer.Typer(help="Inspect, fix and replay dead-lettered events.", no_args_is_help=True)
 

@@ -29,7 +29,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from tagging_worker.classify import FailureKind, classify, maybe_applied
+from tagging_worker.alibaba.classify import FailureKind, classify, maybe_applied
 from tagging_worker.settings import Settings
 
 ACTION = "UpdateOutboundCallTags"

@@ -29,10 +29,10 @@ from typing import Any
 
 import redis
 
-from tagging_worker.api import ApiResult, ApiSuccess
-from tagging_worker.classify import FailureKind
-from tagging_worker.keys import Keys
+from tagging_worker.alibaba.api import ApiResult, ApiSuccess
+from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.settings import Settings
+from tagging_worker.state.keys import Keys
 
 
 class Signal(str, Enum):

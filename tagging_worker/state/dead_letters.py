@@ -24,15 +24,15 @@ import redis
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from tagging_worker.dead_filter import DeadFilter, last_code
 from tagging_worker.event import (
     MAX_CALL_ID_LENGTH,
     MAX_EVENT_ID_LENGTH,
     MAX_SOURCE_LENGTH,
     MAX_VERSION,
 )
-from tagging_worker.keys import Keys
 from tagging_worker.plain_json import SURROGATE
+from tagging_worker.state.dead_filter import DeadFilter, last_code
+from tagging_worker.state.keys import Keys
 
 if TYPE_CHECKING:
     from tagging_worker.settings import Settings

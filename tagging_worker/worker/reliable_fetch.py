@@ -54,7 +54,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from tagging_worker.broker_teardown import torn_down
+from tagging_worker.worker.broker_teardown import torn_down
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The alibaba wing (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The ops wing (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The produce wing (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The state wing (see the package docstring)."""

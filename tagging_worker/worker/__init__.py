@@ -1,0 +1,1 @@
+"""The worker wing (see the package docstring)."""
