@@ -20,7 +20,7 @@ from typing import Any
 
 from tagging_worker.settings import load_settings
 from tagging_worker.state.outcomes import FATES
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 
 REDIS_URL = os.environ.get("TAGGING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY_ID, SECRET = "bench-access-key-id", "bench-access-key-secret"
@@ -48,11 +48,13 @@ def own_redis(*options: str) -> Iterator[str]:
 
 
 @contextmanager
-def namespace(redis_url: str = REDIS_URL, **settings: Any) -> Iterator[tuple[str, Runtime]]:
-    """A fresh key prefix (also the queue name) and the runtime that reads it; its keys go
+def namespace(redis_url: str = REDIS_URL, **settings: Any) -> Iterator[tuple[str, Stores]]:
+    """A fresh key prefix (also the queue name) and the stores that reads it; its keys go
     when the block ends."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    rt = Runtime(load_settings(broker_url=redis_url, key_prefix=prefix, queue=prefix, **settings))
+    rt = Stores.connect(
+        load_settings(broker_url=redis_url, key_prefix=prefix, queue=prefix, **settings)
+    )
     try:
         yield prefix, rt
     finally:
@@ -100,7 +102,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(30)
 
 
-def settled(rt: Runtime) -> int:
+def settled(rt: Stores) -> int:
     counts = rt.outcomes.snapshot()
     return sum(counts[f.value] for f in FATES)
 

@@ -33,6 +33,7 @@ from throughput import FakeApi
 
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.worker.tasks import Progress, process
+from tagging_worker.worker.wiring import Services
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -100,23 +101,24 @@ def task_body(n: int = 1000) -> tuple[float, float]:
             access_key_secret=SECRET,
             api_rate_limit=100_000,
         ) as (_, rt):
+            sv = Services.build(rt.settings)
             events = [
                 {"call_id": f"body-{i}", "tags": ["有意向"], "version": 1, "event_id": f"e-{i}"}
                 for i in range(n + 100)
             ]
             for event in events[:100]:  # connections made, scripts loaded
                 process(
-                    rt, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
+                    sv, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
                 )
             started = time.process_time()
             for event in events[100:]:
                 process(
-                    rt, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
+                    sv, event, None, task_id=event["event_id"], progress=Progress(event["event_id"])
                 )
             body = 1000 * (time.process_time() - started) / n
             started = time.process_time()
             for i in range(n):
-                rt.api.update_tags(f"bare-{i}", '["有意向"]')
+                sv.api.update_tags(f"bare-{i}", '["有意向"]')
             bare = 1000 * (time.process_time() - started) / n
     finally:
         fake.stop()

@@ -13,8 +13,9 @@ import os
 import threading
 import time
 
-from tagging_worker.alibaba.api import ApiSuccess, TagsApi
+from tagging_worker.alibaba.api import TagsApi
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.alibaba.results import ApiSuccess
 from tagging_worker.settings import load_settings
 
 
@@ -31,7 +32,7 @@ def main() -> None:
                 api_protocol="http",
                 access_key_id="bench-id",
                 access_key_secret="bench-secret",
-            )
+            ).api_config()
         )
         done = [0] * args.threads
         deadline = time.monotonic() + args.seconds

@@ -44,13 +44,20 @@ def at_load(
         pubsub = rt.redis.pubsub()
         pubsub.psubscribe(f"__keyspace@0__:{fate_prefix}*")
 
+        listening = threading.Event()
+        listening.set()
+
         def listen() -> None:
-            for message in pubsub.listen():
-                if message["type"] == "pmessage" and message["data"] == b"set":
+            while listening.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message and message["type"] == "pmessage" and message["data"] == b"set":
                     key = message["channel"].decode().split(":", 1)[1]
                     finished.setdefault(key[len(fate_prefix) :], time.monotonic())
 
-        threading.Thread(target=listen, daemon=True).start()
+        # Joined before its connection closes: a thread still reading a closed socket would
+        # close whichever new connection got its file descriptor.
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
         proc = start_worker(
             worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000"),
             pool,
@@ -69,6 +76,8 @@ def at_load(
             wait(lambda: all(e in finished for e in published), timeout=300, poll=0.1)
         finally:
             stop([proc])
+            listening.clear()
+            listener.join()
             pubsub.close()
         return [finished[e] - at for e, at in published.items()]
 

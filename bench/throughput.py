@@ -38,7 +38,8 @@ from benchkit import (
     worker_env,
 )
 
-from tagging_worker.alibaba.api import ApiSuccess, TagsApi
+from tagging_worker.alibaba.api import TagsApi
+from tagging_worker.alibaba.results import ApiSuccess
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
 
@@ -81,7 +82,7 @@ def bare(endpoint: str, concurrency: int, seconds: float) -> float:
             api_protocol="http",
             access_key_id=KEY_ID,
             access_key_secret=SECRET,
-        )
+        ).api_config()
     )
     done = [0] * concurrency
     deadline = time.monotonic() + seconds

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from tagging_worker import plain_json
+from tagging_worker.errors import InvalidEvent
 from tagging_worker.plain_json import LONE_SURROGATE, SURROGATE
 
 MAX_VERSION = 2**53 - 1  # sorted-set scores and Lua numbers are doubles: exact up to here
@@ -63,10 +64,6 @@ class TagUpdate:
         if self.source is not None:
             event["source"] = self.source
         return event
-
-
-class InvalidEvent(ValueError):
-    """The event cannot be applied; the message names the field and the problem."""
 
 
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 TASK_NAME = "tagging_worker.update_call_tags"
@@ -42,6 +43,21 @@ def build_settle_message(call_id: str, *, queue: str) -> str:
     return _envelope(
         [], {"settle": call_id}, queue=queue, argsrepr="()", kwargsrepr=repr({"settle": call_id})
     )
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def read_task_message(raw: str | bytes) -> TaskMessage:
+    """What a message made by the builders above carries. Not a check: messages anyone else
+    wrote are checked by the worker (`worker/envelope.py`) before they run."""
+    message = json.loads(raw)
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    return TaskMessage(message["headers"]["id"], args, kwargs)
 
 
 def _envelope(

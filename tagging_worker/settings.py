@@ -22,14 +22,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tagging_worker.alibaba.classify import FailureKind, parse_overrides
+from tagging_worker.alibaba.config import ApiConfig
+from tagging_worker.errors import SettingsError
 from tagging_worker.event import MAX_CALL_ID_LENGTH, EventLimits
-from tagging_worker.ops.logs import LogFormat
 
 ENV_PREFIX = "TAGGING_"
 
 
-class SettingsError(Exception):
-    """A setting is missing or wrong; `str()` is one line that names it."""
+class LogFormat(str, Enum):
+    AUTO = "auto"
+    """Text when writing to a terminal, JSON otherwise."""
+    JSON = "json"
+    TEXT = "text"
 
 
 class Protocol(str, Enum):
@@ -267,6 +271,17 @@ class Settings(BaseSettings):
             raise ValueError('expected a JSON object such as {"Code.Name": "transient"}')
         return parse_overrides(value)
 
+    def api_config(self) -> ApiConfig:
+        return ApiConfig(
+            endpoint=self.api_endpoint,
+            protocol=self.api_protocol.value.upper(),
+            connect_timeout_ms=self.api_connect_timeout_ms,
+            read_timeout_ms=self.api_read_timeout_ms,
+            access_key_id=_secret(self.access_key_id),
+            access_key_secret=_secret(self.access_key_secret),
+            error_codes=self.error_codes,
+        )
+
     @cached_property
     def event_limits(self) -> EventLimits:
         return EventLimits(
@@ -274,6 +289,10 @@ class Settings(BaseSettings):
             max_tags=self.max_tags,
             max_tag_length=self.max_tag_length,
         )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 ENV_EXAMPLE_HEADER = """\

@@ -6,7 +6,6 @@ and clean up exactly what they made.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from tagging_worker.messages import read_task_message
 from tagging_worker.settings import load_settings
 from tagging_worker.state.outcomes import FATES
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
+from tagging_worker.worker.inline import InlineWorker
+from tagging_worker.worker.wiring import Services
 
 if TYPE_CHECKING:
     from tagging_worker.alibaba.fake_server import FakeAlibabaApi
@@ -104,11 +106,11 @@ def worker_env(namespace: str, fake_api: FakeAlibabaApi) -> dict[str, str]:
 
 
 @pytest.fixture
-def runtime(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Runtime:
+def stores(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Stores:
     """The same wiring the worker uses, for asserting on Redis state from the test."""
     for name, value in worker_env.items():
         monkeypatch.setenv(name, value)
-    return Runtime(load_settings())
+    return Stores.connect(load_settings())
 
 
 class WorkerProcess:
@@ -222,7 +224,7 @@ def run_cli(
 def queued_events(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
     """The events in the task messages on a queue, oldest first."""
     raw = client.lrange(queue, 0, -1)[::-1]
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in raw]
+    return [read_task_message(m).args[0] for m in raw]
 
 
 def queued_event_ids(client: redis.Redis, queue: str) -> list[str]:
@@ -230,11 +232,11 @@ def queued_event_ids(client: redis.Redis, queue: str) -> list[str]:
     return [event["event_id"] for event in queued_events(client, queue)]
 
 
-def settled(runtime: Runtime, n: int) -> Callable[[], bool]:
+def settled(stores: Stores, n: int) -> Callable[[], bool]:
     """True once `n` events have their fate (applied, stale, superseded or dead)."""
 
     def check() -> bool:
-        counts = runtime.outcomes.snapshot()
+        counts = stores.outcomes.snapshot()
         return sum(counts[fate.value] for fate in FATES) >= n
 
     return check
@@ -324,3 +326,11 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def inline(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> InlineWorker:
+    """The task run in this process on the test's keys and fake API, as a worker would."""
+    for name, value in worker_env.items():
+        monkeypatch.setenv(name, value)
+    return InlineWorker(Services.build(load_settings()))

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from tagging_worker.alibaba.api import ApiFailure, ApiSuccess, TagsApi
+from tagging_worker.alibaba.api import TagsApi
 from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.alibaba.results import ApiFailure, ApiSuccess
 from tagging_worker.settings import load_settings
 from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
@@ -30,7 +31,7 @@ def _client(fake_api: FakeAlibabaApi, **overrides: Any) -> TagsApi:
         "api_read_timeout_ms": 300,
         **overrides,
     }
-    return TagsApi(load_settings(**settings))
+    return TagsApi(load_settings(**settings).api_config())
 
 
 def _raw_client(port: int) -> TagsApi:
@@ -42,7 +43,7 @@ def _raw_client(port: int) -> TagsApi:
             access_key_secret=ACCESS_KEY_SECRET,
             api_connect_timeout_ms=300,
             api_read_timeout_ms=300,
-        )
+        ).api_config()
     )
 
 
@@ -282,7 +283,7 @@ def test_a_name_that_does_not_resolve_is_transient_and_never_applied(
         access_key_secret=ACCESS_KEY_SECRET,
     )
 
-    result = TagsApi(settings).update_tags("call-1", '["a"]')
+    result = TagsApi(settings.api_config()).update_tags("call-1", '["a"]')
 
     assert isinstance(result, ApiFailure)
     assert (result.kind, result.code, result.maybe_applied) == (T, "Network.NameResolution", False)

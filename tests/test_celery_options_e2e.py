@@ -11,7 +11,7 @@ from celery import Celery
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 
@@ -27,18 +27,18 @@ def _started(start_worker: Callable[..., WorkerProcess], producer: Celery) -> No
     wait_for(lambda: producer.control.ping(timeout=0.5), what="the worker answering control")
 
 
-def _reasons(runtime: Runtime) -> dict[str, str]:
-    return {r["id"]: r["reason"] for r in runtime.dead_letters.list(limit=100)}
+def _reasons(stores: Stores) -> dict[str, str | None]:
+    return {r.id: r.reason for r in stores.dead_letters.list(limit=100)}
 
 
 @pytest.mark.e2e
 def test_revoked_tasks_are_dead_lettered_whether_revoked_before_or_after_receipt(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     producer: Celery,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     _started(start_worker, producer)
     waiting = producer.send_task(
         TASK_NAME, args=[{"call_id": "call-a", "tags": ["a"]}], queue=queue, countdown=3
@@ -54,19 +54,19 @@ def test_revoked_tasks_are_dead_lettered_whether_revoked_before_or_after_receipt
         task_id="revoked-first",
     )
 
-    wait_for(settled(runtime, 2), what="both revoked tasks dead-lettered")
-    assert _reasons(runtime) == {waiting.id: "revoked", "revoked-first": "revoked"}
+    wait_for(settled(stores, 2), what="both revoked tasks dead-lettered")
+    assert _reasons(stores) == {waiting.id: "revoked", "revoked-first": "revoked"}
     assert fake_api.calls() == []
 
 
 @pytest.mark.e2e
 def test_expired_tasks_and_options_the_task_cannot_honour_are_dead_lettered_with_a_reason(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     producer: Celery,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     event = {"call_id": "call-c", "tags": ["c"]}
     send = producer.send_task
     send(TASK_NAME, args=[event], queue=queue, task_id="expired", expires=-60)
@@ -80,23 +80,23 @@ def test_expired_tasks_and_options_the_task_cannot_honour_are_dead_lettered_with
     )
     start_worker()
 
-    wait_for(settled(runtime, 3), what="three dead letters")
-    assert _reasons(runtime) == {
+    wait_for(settled(stores, 3), what="three dead letters")
+    assert _reasons(stores) == {
         "expired": "expired",
         "far": "unsupported_option",
         "linked": "unsupported_option",
     }
-    assert runtime.redis.llen(queue) == 0  # no callback was sent anywhere
+    assert stores.redis.llen(queue) == 0  # no callback was sent anywhere
 
 
 @pytest.mark.e2e
 def test_a_countdown_is_honoured_and_an_unexpired_task_runs_even_if_it_expires_while_waiting(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     producer: Celery,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     _started(start_worker, producer)
     sent = time.monotonic()
     producer.send_task(
@@ -109,4 +109,4 @@ def test_a_countdown_is_honoured_and_an_unexpired_task_runs_even_if_it_expires_w
 
     wait_for(lambda: fake_api.tags_of("call-d") == ["d"], what="the delayed task applied")
     assert time.monotonic() - sent >= 1.5
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0

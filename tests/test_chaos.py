@@ -32,9 +32,11 @@ from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.produce.replay import replay_dead_letter
+from tagging_worker.reasons import DeadReason
 from tagging_worker.settings import load_settings
+from tagging_worker.state.dead_letters import DeadLetter
 from tagging_worker.state.outcomes import FATES
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -87,7 +89,7 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    rt = Runtime(load_settings())
+    rt = Stores.connect(load_settings())
     workers: list[WorkerProcess] = []
 
     def start_worker(pool: str) -> WorkerProcess:
@@ -171,7 +173,7 @@ def _events(rng: random.Random) -> list[dict]:
     return events
 
 
-def _publish(rt: Runtime, publisher: Publisher, batch: list[dict]) -> None:
+def _publish(rt: Stores, publisher: Publisher, batch: list[dict]) -> None:
     by_publisher = [e for e in batch if e["kind"] == "publisher"]
     publisher.publish_many(
         [e["event"] for e in by_publisher] + [e["event"] for e in by_publisher if e["twice"]]
@@ -192,21 +194,23 @@ def _replace_the_dead(
             start_worker(worker.pool)
 
 
-def _replay_every_dead_letter(rt: Runtime) -> None:
+def _replay_every_dead_letter(rt: Stores) -> None:
     for record in rt.dead_letters.list(limit=10_000):
-        replay_dead_letter(rt, record["id"])
+        replay_dead_letter(rt, record.id)
 
 
-def _export_delete_import(rt: Runtime) -> None:
+def _export_delete_import(rt: Stores) -> None:
     records = list(rt.dead_letters.iter_records())
-    for record in records:
-        rt.dead_letters.delete(record["id"])
-    for record in records:
+    whole = [r for r in records if isinstance(r, DeadLetter)]
+    assert whole == records, "the worker wrote a record its schema refuses"
+    for record in whole:
+        rt.dead_letters.delete(record.id)
+    for record in whole:
         rt.dead_letters.restore(record, replace=False)
 
 
 def _at_rest(
-    rt: Runtime, workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
+    rt: Stores, workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
 ) -> bool:
     """Nothing queued, delayed or in doubt: every repair that was due has been made."""
     _replace_the_dead(workers, start_worker)
@@ -221,7 +225,7 @@ def _at_rest(
 def _kill_and_replace(
     workers: list[WorkerProcess],
     start_worker: Callable[[str], WorkerProcess],
-    rt: Runtime,
+    rt: Stores,
     in_flight: list[int],
 ) -> None:
     """SIGKILL the oldest live worker while messages are taken and not yet acknowledged
@@ -239,13 +243,13 @@ def _kill_and_replace(
     start_worker(victim.pool)
 
 
-def _held(rt: Runtime) -> int:
+def _held(rt: Stores) -> int:
     """Messages taken by workers and not yet acknowledged (reliable fetch's held lists)."""
     held = rt.redis.scan_iter("chaos:fetch:chaos:held:*", count=1000)
     return sum(int(rt.redis.llen(key)) for key in held)
 
 
-def _whereabouts(rt: Runtime, events: list[dict]) -> str:
+def _whereabouts(rt: Stores, events: list[dict]) -> str:
     """Where the events without a fate are, to make a failure explain itself."""
     lost = [e["event"] for e in events if rt.ordering.fate(e["event"]["event_id"]) is None]
     lines = [
@@ -265,7 +269,7 @@ def _whereabouts(rt: Runtime, events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _settled(rt: Runtime) -> int:
+def _settled(rt: Stores) -> int:
     try:
         counts = rt.outcomes.snapshot()
     except redis.RedisError:
@@ -274,7 +278,7 @@ def _settled(rt: Runtime) -> int:
 
 
 def _assert_guarantees(
-    rt: Runtime,
+    rt: Stores,
     api: FakeAlibabaApi,
     events: list[dict],
     elapsed: float,
@@ -319,11 +323,12 @@ def _assert_guarantees(
     # delivered again (its worker killed between the refusal and the dead letter, or replayed)
     # may instead have lost to a newer version before it reached the API again.
     refused = {by_tags[c.tags[0]]["event_id"] for c in calls if c.answer == PERMANENT_CODE}
-    dead = {r["id"] for r in rt.dead_letters.list(limit=len(events))}
+    dead = {r.id for r in rt.dead_letters.list(limit=len(events))}
     assert dead == {e for e in refused if rt.ordering.fate(e) == "dead"}
     outdone = refused - dead
     assert {rt.ordering.fate(e) for e in outdone} <= {"stale", "superseded"}
-    assert {r["reason"] for r in rt.dead_letters.list(limit=len(events))} <= {"permanent_error"}
+    reasons = {r.reason for r in rt.dead_letters.list(limit=len(events))}
+    assert reasons <= {DeadReason.PERMANENT_ERROR}
 
     # Guarantee 2: each call holds its newest version that was not dead-lettered ...
     newest: dict[str, dict] = {}

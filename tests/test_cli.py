@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.stores import Stores
 from tests.conftest import queued_events, run_cli
 
 
@@ -66,7 +67,7 @@ def test_secret_values_are_never_echoed_in_setting_errors(worker_env: dict[str, 
 
 
 def test_publish_prints_the_event_id_and_queues_one_message(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     result = run_cli(
         worker_env,
@@ -85,11 +86,11 @@ def test_publish_prints_the_event_id_and_queues_one_message(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ev-1"
-    assert redis_client.llen(runtime.settings.queue) == 1
+    assert redis_client.llen(stores.settings.queue) == 1
 
 
 def test_publish_reads_json_lines_from_stdin(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     lines = "\n".join(json.dumps({"call_id": f"c{n}", "tags": []}) for n in range(3))
 
@@ -97,11 +98,11 @@ def test_publish_reads_json_lines_from_stdin(
 
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 3
-    assert redis_client.llen(runtime.settings.queue) == 3
+    assert redis_client.llen(stores.settings.queue) == 3
 
 
 def test_publish_splits_json_lines_on_newlines_only_not_on_unicode_line_breaks(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     notes = ["a\u2028b", "c\u0085d", "e\u001cf"]
     lines = "\n".join(
@@ -112,11 +113,11 @@ def test_publish_splits_json_lines_on_newlines_only_not_on_unicode_line_breaks(
     result = run_cli(worker_env, "publish", "--file", "-", stdin=lines)
 
     assert result.returncode == 0, result.stderr
-    assert [e["note"] for e in queued_events(redis_client, runtime.settings.queue)] == notes
+    assert [e["note"] for e in queued_events(redis_client, stores.settings.queue)] == notes
 
 
 def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     result = run_cli(
         worker_env,
@@ -128,7 +129,7 @@ def test_publish_refuses_an_invalid_event_with_exit_2_and_publishes_nothing(
 
     assert result.returncode == 2
     assert "call_id is empty" in result.stderr
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
 
 LONE = "contains a lone surrogate (not valid Unicode text)"
@@ -157,7 +158,7 @@ def _refused_in_one_line(result: subprocess.CompletedProcess[str], reason: str) 
 )
 def test_publish_refuses_a_lone_surrogate_from_stdin_in_one_line_naming_the_field(
     worker_env: dict[str, str],
-    runtime: Runtime,
+    stores: Stores,
     redis_client: redis.Redis,
     line: str,
     reason: str,
@@ -167,11 +168,11 @@ def test_publish_refuses_a_lone_surrogate_from_stdin_in_one_line_naming_the_fiel
     result = run_cli(worker_env, "publish", "--file", "-", stdin=f"{good}\n{line}\n")
 
     _refused_in_one_line(result, reason)
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
 
 def test_publish_refuses_a_lone_surrogate_in_a_file_of_events(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     events = tmp_path / "events.json"
     events.write_text('[{"call_id": "c1", "tags": []}, {"call_id": "c2", "tags": ["\\udfff"]}]')
@@ -179,7 +180,7 @@ def test_publish_refuses_a_lone_surrogate_in_a_file_of_events(
     result = run_cli(worker_env, "publish", "--file", str(events))
 
     _refused_in_one_line(result, f"tags[0] {LONE}")
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_publish_refuses_a_lone_surrogate_in_a_file_of_events(
 )
 def test_publish_refuses_arguments_that_are_not_utf8_in_one_line_naming_the_field(
     worker_env: dict[str, str],
-    runtime: Runtime,
+    stores: Stores,
     redis_client: redis.Redis,
     args: list[str],
     reason: str,
@@ -205,7 +206,7 @@ def test_publish_refuses_arguments_that_are_not_utf8_in_one_line_naming_the_fiel
     result = run_cli(worker_env, "publish", *args)
 
     _refused_in_one_line(result, reason)
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
 
 @pytest.mark.parametrize(
@@ -219,7 +220,7 @@ def test_publish_refuses_arguments_that_are_not_utf8_in_one_line_naming_the_fiel
     ids=["invalid UTF-8", "nested 100,000 deep", "not an object", "extra nested 20 deep"],
 )
 def test_publish_refuses_an_unreadable_file_of_events_in_one_line(
-    worker_env: dict[str, str], runtime: Runtime, tmp_path: Path, content: bytes, reason: str
+    worker_env: dict[str, str], stores: Stores, tmp_path: Path, content: bytes, reason: str
 ) -> None:
     events = tmp_path / "events.json"
     events.write_bytes(content)
@@ -235,15 +236,16 @@ def test_publish_of_a_missing_file_says_so_in_one_line(
     _refused_in_one_line(run_cli(worker_env, "publish", "--file", str(missing)), str(missing))
 
 
-def test_dead_show_of_an_unknown_id_exits_1(worker_env: dict[str, str], runtime: Runtime) -> None:
+def test_dead_show_of_an_unknown_id_exits_1(worker_env: dict[str, str], stores: Stores) -> None:
     assert run_cli(worker_env, "dead", "show", "nope").returncode == 1
     assert run_cli(worker_env, "dead", "replay", "nope").returncode == 1
     assert run_cli(worker_env, "dead", "delete", "nope").returncode == 1
 
 
-def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime: Runtime) -> None:
-    for n, reason in enumerate(["invalid_event", "permanent_error", "permanent_error"]):
-        runtime.dead_letters.add(
+def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], stores: Stores) -> None:
+    reasons = [DeadReason.INVALID_EVENT, DeadReason.PERMANENT_ERROR, DeadReason.PERMANENT_ERROR]
+    for n, reason in enumerate(reasons):
+        stores.dead_letters.add(
             record_id=f"e{n}",
             reason=reason,
             detail="d",
@@ -262,7 +264,7 @@ def test_dead_list_show_and_purge_by_reason(worker_env: dict[str, str], runtime:
 
     purged = run_cli(worker_env, "dead", "purge", "--reason", "permanent_error", "--yes")
     assert purged.returncode == 0 and "deleted 2" in purged.stdout
-    assert [r["id"] for r in runtime.dead_letters.list()] == ["e0"]
+    assert [r.id for r in stores.dead_letters.list()] == ["e0"]
 
 
 def test_doctor_passes_when_redis_credentials_and_endpoint_are_fine(

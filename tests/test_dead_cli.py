@@ -14,29 +14,31 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.alibaba.api import ApiFailure
 from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.results import ApiFailure
 from tagging_worker.event import EventLimits, validate_event
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 from tagging_worker.worker.retry_state import RetryState
 from tests.conftest import queued_event_ids, queued_events, run_cli, wait_for
 
 
 def _bury(
-    runtime: Runtime,
+    stores: Stores,
     event_id: str,
     *,
     call_id: str = "call-1",
     version: int = 1,
     code: str = "InvalidParameter.Tags",
-    reason: str = "permanent_error",
+    reason: DeadReason = DeadReason.PERMANENT_ERROR,
     source: str = "crm",
 ) -> None:
     raw = {"call_id": call_id, "tags": ["a"], "version": version, "event_id": event_id}
     update = validate_event(
         {**raw, "source": source}, limits=EventLimits(), default_version=0, default_event_id=""
     )
-    runtime.dead_letters.add(
+    stores.dead_letters.add(
         record_id=event_id,
         reason=reason,
         detail=f"{code}: refused",
@@ -68,12 +70,18 @@ def _ids(records: list[dict[str, Any]]) -> list[str]:
     return [r["id"] for r in records]
 
 
+def _stored(stores: Stores, record_id: str) -> DeadLetter:
+    record = stores.dead_letters.get(record_id)
+    assert isinstance(record, DeadLetter), record
+    return record
+
+
 def test_list_filters_by_reason_code_call_source_and_time(
-    worker_env: dict[str, str], runtime: Runtime
+    worker_env: dict[str, str], stores: Stores
 ) -> None:
-    _bury(runtime, "e1", code="InvalidParameter.Tags", call_id="call-a")
-    _bury(runtime, "e2", code="MissingTags", call_id="call-b", source="hook")
-    _bury(runtime, "e3", reason="expired", code="Throttling.User", call_id="call-a")
+    _bury(stores, "e1", code="InvalidParameter.Tags", call_id="call-a")
+    _bury(stores, "e2", code="MissingTags", call_id="call-b", source="hook")
+    _bury(stores, "e3", reason=DeadReason.EXPIRED, code="Throttling.User", call_id="call-a")
 
     def listed(*filters: str) -> list[str]:
         return _ids(_json(worker_env, "dead", "list", "--json", *filters))
@@ -91,15 +99,19 @@ def test_list_filters_by_reason_code_call_source_and_time(
     assert bad.returncode == 2 and "age like 30m" in bad.stderr
 
 
-def test_list_writes_json_lines_for_scripts(worker_env: dict[str, str], runtime: Runtime) -> None:
-    _bury(runtime, "e1")
-    _bury(runtime, "e2")
+def test_list_writes_json_lines_for_scripts(
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
+) -> None:
+    _bury(stores, "e1")
+    _bury(stores, "e2")
     done = run_cli(worker_env, "dead", "list", "--jsonl")
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == ["e2", "e1"]
+    stored = [redis_client.hget(stores.keys.dead_record(i), "json") for i in ("e2", "e1")]
+    assert done.stdout.encode().splitlines() == stored, "each line as stored, byte for byte"
 
 
 def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
-    worker_env: dict[str, str], runtime: Runtime
+    worker_env: dict[str, str], stores: Stores
 ) -> None:
     """An event that waited out a long outage made 40 attempts; its record keeps the first
     and the latest: `list` counts 40, `show` numbers them 1 and 31..40 and says what is missing."""
@@ -107,9 +119,9 @@ def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
     failure = ApiFailure(FailureKind.TRANSIENT, "ServiceUnavailable", "busy", 503, "REQ", 0.1)
     for n in range(40):
         state = state.after(failure, time.time() + n, charged=n < 3)
-    runtime.dead_letters.add(
+    stores.dead_letters.add(
         record_id="e40",
-        reason="expired",
+        reason=DeadReason.EXPIRED,
         detail="ServiceUnavailable: busy",
         event=state.received,
         normalized=None,
@@ -126,24 +138,25 @@ def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
     assert "│ 40 " in shown and "│ 12 " not in shown
 
 
-def test_show_gives_the_whole_attempt_history(worker_env: dict[str, str], runtime: Runtime) -> None:
-    _bury(runtime, "e1")
+def test_show_gives_the_whole_attempt_history(worker_env: dict[str, str], stores: Stores) -> None:
+    _bury(stores, "e1")
     record = _json(worker_env, "dead", "show", "e1", "--json")
     assert record["attempts"][0]["code"] == "InvalidParameter.Tags"
+    assert record == _stored(stores, "e1").as_dict()
     shown = run_cli(worker_env, "dead", "show", "e1")
     assert "InvalidParameter.Tags" in shown.stdout and "REQ" in shown.stdout
 
 
 def test_replay_of_ids_and_of_a_filter_and_a_dry_run_that_moves_nothing(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     for n in range(4):
-        _bury(runtime, f"e{n}", call_id=f"call-{n}", code="X" if n < 2 else "Y")
-    queue = runtime.settings.queue
+        _bury(stores, f"e{n}", call_id=f"call-{n}", code="X" if n < 2 else "Y")
+    queue = stores.settings.queue
 
     dry = _json(worker_env, "dead", "replay", "--all", "--code", "X", "--dry-run", "--json")
     assert sorted(dry["would_replay"]) == ["e0", "e1"]
-    assert redis_client.llen(queue) == 0 and runtime.dead_letters.count() == 4
+    assert redis_client.llen(queue) == 0 and stores.dead_letters.count() == 4
 
     one = _json(worker_env, "dead", "replay", "e3", "--json")
     assert one == {"replayed": ["e3"], "not_found": [], "forced": [], "refused": []}
@@ -157,23 +170,23 @@ def test_replay_of_ids_and_of_a_filter_and_a_dry_run_that_moves_nothing(
 
 
 def test_force_gives_an_old_event_a_winning_version_and_says_so(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
-    _bury(runtime, "e1", call_id="call-f", version=3)
-    redis_client.set(runtime.keys.applied("call-f"), 5)
+    _bury(stores, "e1", call_id="call-f", version=3)
+    redis_client.set(stores.keys.applied("call-f"), 5)
 
     done = run_cli(worker_env, "dead", "replay", "e1", "--force")
 
     assert done.returncode == 0, done.stderr
     assert "forced e1: version 3 -> 6 (applied was 5)" in done.stdout
-    [event] = queued_events(redis_client, runtime.settings.queue)
+    [event] = queued_events(redis_client, stores.settings.queue)
     assert event["version"] == 6
 
 
 def test_edit_fixes_the_event_in_the_editor_before_replaying_it(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    _bury(runtime, "e1", call_id="call-e")
+    _bury(stores, "e1", call_id="call-e")
     editor = tmp_path / "editor.py"
     editor.write_text(
         "import json, sys\n"
@@ -187,15 +200,15 @@ def test_edit_fixes_the_event_in_the_editor_before_replaying_it(
     done = run_cli(env, "dead", "replay", "e1", "--edit")
 
     assert done.returncode == 0, done.stderr
-    [event] = queued_events(redis_client, runtime.settings.queue)
+    [event] = queued_events(redis_client, stores.settings.queue)
     assert event["tags"] == ["fixed"] and event["event_id"] == "e1"
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
 
 
 def test_an_edit_that_breaks_the_event_replays_nothing(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    _bury(runtime, "e1")
+    _bury(stores, "e1")
     editor = tmp_path / "editor.py"
     editor.write_text("import sys\nopen(sys.argv[1], 'w').write('{\"tags\": [1]}')\n")
 
@@ -204,14 +217,14 @@ def test_an_edit_that_breaks_the_event_replays_nothing(
     )
 
     assert done.returncode == 2 and "invalid event" in done.stderr
-    assert redis_client.llen(runtime.settings.queue) == 0 and runtime.dead_letters.count() == 1
+    assert redis_client.llen(stores.settings.queue) == 0 and stores.dead_letters.count() == 1
 
 
 def test_export_then_import_moves_dead_letters_to_another_environment(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, tmp_path: Path
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     for n in range(3):
-        _bury(runtime, f"e{n}", code="X" if n else "Y")
+        _bury(stores, f"e{n}", code="X" if n else "Y")
     dump = tmp_path / "dead.jsonl"
     exported = run_cli(worker_env, "dead", "export", "--code", "X", "--output", str(dump))
     assert exported.returncode == 0 and "exported 2" in exported.stderr
@@ -222,7 +235,7 @@ def test_export_then_import_moves_dead_letters_to_another_environment(
         again = _json(other, "dead", "import", str(dump), "--json")
         assert again["skipped"] == 2
         moved = _json(other, "dead", "list", "--json")
-        assert moved == [runtime.dead_letters.get("e2"), runtime.dead_letters.get("e1")]
+        assert moved == [_stored(stores, "e2").as_dict(), _stored(stores, "e1").as_dict()]
         broken = tmp_path / "broken.jsonl"
         broken.write_text(dump.read_text() + "not json\n[1]\n")
         bad = run_cli(other, "dead", "import", str(broken), "--replace")
@@ -234,24 +247,24 @@ def test_export_then_import_moves_dead_letters_to_another_environment(
 
 
 def test_purge_deletes_what_matches_and_asks_first_unless_told(
-    worker_env: dict[str, str], runtime: Runtime
+    worker_env: dict[str, str], stores: Stores
 ) -> None:
-    _bury(runtime, "e1", code="X")
-    _bury(runtime, "e2", code="Y")
+    _bury(stores, "e1", code="X")
+    _bury(stores, "e2", code="Y")
     refused = run_cli(worker_env, "dead", "purge", "--code", "X", stdin="n\n")
-    assert refused.returncode == 1 and runtime.dead_letters.count() == 2
+    assert refused.returncode == 1 and stores.dead_letters.count() == 2
     done = run_cli(worker_env, "dead", "purge", "--code", "X", "--yes")
     assert done.returncode == 0 and "deleted 1" in done.stdout
-    assert _ids(runtime.dead_letters.list()) == ["e2"]
+    assert [r.id for r in stores.dead_letters.list()] == ["e2"]
 
 
 def test_a_bulk_replay_killed_half_way_leaves_each_record_replayed_or_dead_never_both(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     ids = [f"e{n:03d}" for n in range(200)]
     for record_id in ids:
-        _bury(runtime, record_id, call_id=f"call-{record_id}")
-    queue = runtime.settings.queue
+        _bury(stores, record_id, call_id=f"call-{record_id}")
+    queue = stores.settings.queue
     replay = subprocess.Popen(
         [sys.executable, "-m", "tagging_worker", "dead", "replay", "--all", "--rate", "50"],
         env={**os.environ, **worker_env},
@@ -263,16 +276,16 @@ def test_a_bulk_replay_killed_half_way_leaves_each_record_replayed_or_dead_never
     replay.wait()
 
     queued = queued_event_ids(redis_client, queue)
-    dead = {r["id"] for r in runtime.dead_letters.list(limit=1000)}
+    dead = {r.id for r in stores.dead_letters.list(limit=1000)}
     assert 20 <= len(queued) < len(ids), "killed half way"
     assert len(queued) == len(set(queued)), "none replayed twice"
     assert not set(queued) & dead, "none both replayed and still dead"
     assert set(queued) | dead == set(ids), "none lost"
 
 
-def _plant(redis_client: redis.Redis, runtime: Runtime, record_id: str, stored: str) -> None:
+def _plant(redis_client: redis.Redis, stores: Stores, record_id: str, stored: str) -> None:
     """A record as an older version or a hand edit might have left it: indexed, JSON as given."""
-    k, died_ms = runtime.keys, int(time.time() * 1000)
+    k, died_ms = stores.keys, int(time.time() * 1000)
     redis_client.hset(
         k.dead_record(record_id),
         mapping={"json": stored, "reason": "permanent_error", "call_id": "call-1", "code": ""},
@@ -300,11 +313,11 @@ DAMAGED = {
 
 
 @pytest.fixture
-def damaged(redis_client: redis.Redis, runtime: Runtime) -> list[str]:
+def damaged(redis_client: redis.Redis, stores: Stores) -> list[str]:
     """One good record (e1) and the damaged ones, all under reason permanent_error."""
-    _bury(runtime, "e1")
+    _bury(stores, "e1")
     for record_id, stored in DAMAGED.items():
-        _plant(redis_client, runtime, record_id, stored)
+        _plant(redis_client, stores, record_id, stored)
     return sorted(DAMAGED)
 
 
@@ -331,13 +344,13 @@ def test_show_says_why_a_record_is_damaged(worker_env: dict[str, str], damaged: 
 
 
 def test_replay_refuses_each_damaged_record_and_replays_the_good_ones(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis, damaged: list[str]
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis, damaged: list[str]
 ) -> None:
     dry = run_cli(worker_env, "dead", "replay", "--all", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would replay e1" in dry.stdout
     assert all(f"{record_id}: damaged: " in dry.stdout for record_id in damaged), dry.stdout
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
     done = run_cli(worker_env, "dead", "replay", "--all", "--json")
 
@@ -345,22 +358,22 @@ def test_replay_refuses_each_damaged_record_and_replays_the_good_ones(
     summary = json.loads(done.stdout)
     assert summary["replayed"] == ["e1"]
     assert sorted(d["id"] for d in summary["refused"]) == damaged
-    assert queued_event_ids(redis_client, runtime.settings.queue) == ["e1"]
-    assert runtime.dead_letters.count() == len(damaged), "damaged records stay for a look"
+    assert queued_event_ids(redis_client, stores.settings.queue) == ["e1"]
+    assert stores.dead_letters.count() == len(damaged), "damaged records stay for a look"
 
 
 def test_a_record_naming_another_queue_is_not_replayed_into_this_one(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
-    _bury(runtime, "e1")
-    foreign = {**runtime.dead_letters.get("e1"), "id": "foreign", "queue": "someone-elses"}
-    _plant(redis_client, runtime, "foreign", json.dumps(foreign))
+    _bury(stores, "e1")
+    foreign = {**_stored(stores, "e1").as_dict(), "id": "foreign", "queue": "someone-elses"}
+    _plant(redis_client, stores, "foreign", json.dumps(foreign))
 
     done = run_cli(worker_env, "dead", "replay", "foreign")
 
     assert done.returncode == 1
     assert "foreign" in done.stderr and "someone-elses" in done.stderr, done.stderr
-    assert redis_client.llen(runtime.settings.queue) == 0
+    assert redis_client.llen(stores.settings.queue) == 0
 
 
 def test_export_writes_the_good_records_and_names_each_damaged_one(
@@ -377,12 +390,12 @@ def test_export_writes_the_good_records_and_names_each_damaged_one(
 
 
 def test_a_record_whose_event_holds_a_lone_surrogate_is_refused_not_replayed(
-    worker_env: dict[str, str], runtime: Runtime, redis_client: redis.Redis
+    worker_env: dict[str, str], stores: Stores, redis_client: redis.Redis
 ) -> None:
     """No message can carry it (messages are UTF-8); the record stays for an operator's fix."""
-    runtime.dead_letters.add(
+    stores.dead_letters.add(
         record_id="e1",
-        reason="invalid_event",
+        reason=DeadReason.INVALID_EVENT,
         detail="call_id contains a lone surrogate",
         event={"call_id": "\ud800", "tags": ["a"]},
         normalized=None,
@@ -397,4 +410,4 @@ def test_a_record_whose_event_holds_a_lone_surrogate_is_refused_not_replayed(
     assert dry.returncode == 0 and "would refuse e1: " in dry.stdout, dry.stderr
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "lone surrogate" in done.stderr and "e1" in done.stderr, done.stderr
-    assert redis_client.llen(runtime.settings.queue) == 0 and runtime.dead_letters.count() == 1
+    assert redis_client.llen(stores.settings.queue) == 0 and stores.dead_letters.count() == 1

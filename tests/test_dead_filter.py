@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
-from tagging_worker.state.dead_filter import DeadFilter, last_code, parse_when
+from tagging_worker.state.dead_filter import DeadFilter, parse_when
+from tagging_worker.state.dead_letters import DamagedRecord, DeadLetter, RecordRules, read_record
 
 NOW = 1_800_000_000.0
-RECORD = {
+WHOLE = {
     "id": "e1",
     "reason": "permanent_error",
+    "detail": "InvalidParameter.Tags: no",
     "call_id": "call-1",
     "source": "crm",
+    "event": {},
     "died_at": NOW - 3600,
     "attempts": [{"code": "InternalError"}, {"code": "InvalidParameter.Tags"}],
 }
+RULES = RecordRules(max_raw_bytes=None)
+DAMAGED = DamagedRecord(
+    id="e2", problem="detail is missing", reason="permanent_error", call_id="call-1", died_at=None
+)
+"""A damaged record as the store reads it when its time of death is unusable too."""
+
+
+def _letter(**change: Any) -> DeadLetter:
+    record = read_record({**WHOLE, **change}, RULES)
+    assert isinstance(record, DeadLetter), record
+    return record
+
+
+RECORD = _letter()
 
 
 @pytest.mark.parametrize(
@@ -41,8 +59,9 @@ def test_a_time_that_is_neither_says_what_is_accepted() -> None:
 
 
 def test_the_code_of_a_record_is_its_last_attempts() -> None:
-    assert last_code(RECORD) == "InvalidParameter.Tags"
-    assert last_code({"attempts": []}) is None
+    assert RECORD.code == "InvalidParameter.Tags"
+    assert _letter(attempts=[]).code is None
+    assert _letter(attempts=[{"code": "X"}, {}]).code is None
 
 
 @pytest.mark.parametrize(
@@ -73,15 +92,26 @@ def test_a_filter_describes_itself_for_confirmations() -> None:
 @pytest.mark.parametrize(
     "attempts", ["abc", [1, 2], [{"code": 5}], [["code"]], {"code": "X"}, None, 7]
 )
-def test_a_record_with_malformed_attempts_has_no_code_instead_of_failing(attempts: object) -> None:
-    assert last_code({"attempts": attempts}) is None
+def test_a_record_with_malformed_attempts_is_damaged_and_has_no_code(attempts: object) -> None:
+    assert isinstance(read_record({**WHOLE, "attempts": attempts}, RULES), str)
+    assert DAMAGED.code is None
+    assert not DeadFilter(code="InvalidParameter.Tags").matches(DAMAGED)
 
 
 @pytest.mark.parametrize("died_at", [float("inf"), float("nan"), "yesterday", None, [1]])
-def test_a_record_with_a_malformed_time_matches_no_time_filter_instead_of_failing(
+def test_a_record_with_a_malformed_time_is_damaged_and_matches_no_time_filter(
     died_at: object,
 ) -> None:
-    record = {**RECORD, "died_at": died_at}
-    assert DeadFilter(reason="permanent_error").matches(record)
-    assert not DeadFilter(since=NOW - 7200).matches(record)
-    assert not DeadFilter(until=NOW).matches(record)
+    assert isinstance(read_record({**WHOLE, "died_at": died_at}, RULES), str)
+    assert DeadFilter(reason="permanent_error", call_id="call-1").matches(DAMAGED)
+    assert not DeadFilter(since=NOW - 7200).matches(DAMAGED)
+    assert not DeadFilter(until=NOW).matches(DAMAGED)
+
+
+def test_a_damaged_record_matches_by_what_its_indexes_know_only() -> None:
+    dated = DamagedRecord(
+        id="e2", problem="x", reason="permanent_error", call_id="call-1", died_at=NOW - 3600
+    )
+    assert DeadFilter(reason="permanent_error", since=NOW - 7200, until=NOW).matches(dated)
+    assert not DeadFilter(reason="expired").matches(dated)
+    assert not DeadFilter(source="crm").matches(dated)

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 from tests.conftest import run_cli
 
 
@@ -25,12 +27,12 @@ def other_env(worker_env: dict[str, str], redis_client: redis.Redis) -> Iterator
         redis_client.delete(*doomed)
 
 
-def _record(runtime: Runtime, record_id: str, *, text: str = "refused") -> dict[str, Any]:
+def _record(stores: Stores, record_id: str, *, text: str = "refused") -> DeadLetter:
     """A record as the worker writes it (through `prepare`), `text` in its event and detail."""
     event = {"call_id": "call-1", "tags": ["a"], "version": 1, "event_id": record_id, "note": text}
-    prepared = runtime.dead_letters.prepare(
+    prepared = stores.dead_letters.prepare(
         record_id=record_id,
-        reason="permanent_error",
+        reason=DeadReason.PERMANENT_ERROR,
         detail=f"InvalidParameter.Tags: {text}",
         event=event,
         normalized=event,
@@ -38,7 +40,13 @@ def _record(runtime: Runtime, record_id: str, *, text: str = "refused") -> dict[
         first_seen=time.time(),
         task_id=record_id,
     )
-    return json.loads(prepared.json)
+    return prepared.letter
+
+
+def _stored(stores: Stores, record_id: str) -> DeadLetter:
+    record = stores.dead_letters.get(record_id)
+    assert isinstance(record, DeadLetter), record
+    return record
 
 
 def _ids(env: dict[str, str]) -> list[str]:
@@ -48,9 +56,9 @@ def _ids(env: dict[str, str]) -> list[str]:
 
 
 def test_import_refuses_each_bad_line_with_its_number_and_stores_the_good_ones(
-    worker_env: dict[str, str], runtime: Runtime, tmp_path: Path
+    worker_env: dict[str, str], stores: Stores, tmp_path: Path
 ) -> None:
-    good = _record(runtime, "e1")
+    good = _record(stores, "e1").as_dict()
     without = {k: v for k, v in good.items() if k not in ("detail",)}
     undated = {k: v for k, v in good.items() if k not in ("died_at",)}
     lines = [
@@ -63,7 +71,7 @@ def test_import_refuses_each_bad_line_with_its_number_and_stores_the_good_ones(
         json.dumps({**good, "id": "huge", "event": {"blob": "x" * 30_000_000}}),
         json.dumps({**good, "id": "q", "queue": "someone-elses-queue"}),
         json.dumps({**good, "id": "p", "key_prefix": "someone-elses-prefix"}),
-        json.dumps(_record(runtime, "e2")),
+        json.dumps(_record(stores, "e2").as_dict()),
     ]
     dump = tmp_path / "hostile.jsonl"
     dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -94,11 +102,11 @@ def test_import_refuses_each_bad_line_with_its_number_and_stores_the_good_ones(
 
 
 def test_export_then_import_keeps_every_record_whose_text_holds_unicode_line_breaks(
-    worker_env: dict[str, str], other_env: dict[str, str], runtime: Runtime, tmp_path: Path
+    worker_env: dict[str, str], other_env: dict[str, str], stores: Stores, tmp_path: Path
 ) -> None:
     """str.splitlines also splits on U+2028, U+0085 and U+001C: a line is what ends in \\n."""
     for n, text in enumerate(["a\u2028b", "a\x85b", "a\x1cb"]):
-        runtime.dead_letters.restore(_record(runtime, f"e{n}", text=text), replace=False)
+        stores.dead_letters.restore(_record(stores, f"e{n}", text=text), replace=False)
     dump = tmp_path / "dead.jsonl"
 
     exported = run_cli(worker_env, "dead", "export", "--output", str(dump))
@@ -108,7 +116,7 @@ def test_export_then_import_keeps_every_record_whose_text_holds_unicode_line_bre
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["imported"] == 3
     done = run_cli(other_env, "dead", "list", "--json")
-    assert json.loads(done.stdout) == [runtime.dead_letters.get(f"e{n}") for n in (2, 1, 0)]
+    assert json.loads(done.stdout) == [_stored(stores, f"e{n}").as_dict() for n in (2, 1, 0)]
 
 
 def _non_utf8(tmp_path: Path) -> Path:
@@ -144,9 +152,9 @@ def test_an_unreadable_import_file_is_one_line_naming_it_and_exit_2(
     ids=["missing-directory", "a-directory"],
 )
 def test_export_to_an_unwritable_path_is_one_line_naming_it_and_exit_2(
-    worker_env: dict[str, str], runtime: Runtime, tmp_path: Path, make: Any
+    worker_env: dict[str, str], stores: Stores, tmp_path: Path, make: Any
 ) -> None:
-    runtime.dead_letters.restore(_record(runtime, "e1"), replace=False)
+    stores.dead_letters.restore(_record(stores, "e1"), replace=False)
     path = make(tmp_path)
 
     done = run_cli(worker_env, "dead", "export", "--output", str(path))

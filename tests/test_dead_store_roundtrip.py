@@ -1,9 +1,9 @@
 """Every record the worker can write, stored as the worker stores it, exported and imported
-into another environment, comes back unchanged (against a real Redis)."""
+into another environment, comes back unchanged, and is stored there byte for byte as it was
+here (against a real Redis)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import redis
@@ -32,7 +32,8 @@ def test_stored_exported_and_imported_records_come_back_unchanged(
 ) -> None:
     run = f"{namespace}:{uuid.uuid4().hex[:8]}"  # each example in keys of its own
     here = DeadLetterStore(redis_client, Keys(run), max_records=100)
-    there = DeadLetterStore(redis_client, Keys(f"{run}-there"), max_records=100)
+    there_keys = Keys(f"{run}-there")
+    there = DeadLetterStore(redis_client, there_keys, max_records=100)
     ordering = Ordering(redis_client, Keys(run), queue=namespace, version_ttl=60, fate_ttl=60)
     for record in records:
         assert ordering.finish(record.id, Outcome.DEAD, record)
@@ -42,4 +43,6 @@ def test_stored_exported_and_imported_records_come_back_unchanged(
         assert problem is None
         assert there.restore(record, replace=False) is Restored.STORED
 
-    assert {r["id"]: r for r in there.iter_records()} == {r.id: json.loads(r.json) for r in records}
+    assert {r.id: r for r in there.iter_records()} == {r.id: r.letter for r in records}
+    stored = {r.id: redis_client.hget(there_keys.dead_record(r.id), "json") for r in records}
+    assert stored == {r.id: r.json.encode() for r in records}

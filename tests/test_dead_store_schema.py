@@ -11,15 +11,19 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagging_worker.alibaba.api import ApiFailure
 from tagging_worker.alibaba.classify import FailureKind
-from tagging_worker.event import EventLimits, InvalidEvent, validate_event
+from tagging_worker.alibaba.results import ApiFailure
+from tagging_worker.errors import InvalidEvent
+from tagging_worker.event import EventLimits, validate_event
+from tagging_worker.reasons import DeadReason
 from tagging_worker.state.dead_letters import (
+    DeadLetter,
     DeadLetterStore,
     DeadRecord,
     RecordRules,
     export_line,
     import_lines,
+    read_record,
     record_problem,
 )
 from tagging_worker.state.keys import Keys
@@ -34,11 +38,11 @@ def _store(max_raw: int = MAX_RAW) -> DeadLetterStore:
     return DeadLetterStore(redis.Redis(), Keys("here"), max_records=10, max_event_bytes=max_raw)
 
 
-def _prepared(store: DeadLetterStore | None = None, **fields: Any) -> dict[str, Any]:
+def _prepared(store: DeadLetterStore | None = None, **fields: Any) -> DeadRecord:
     event = {"call_id": "call-1", "tags": ["a"], "version": 1, "event_id": "e1"}
     given_fields: dict[str, Any] = {
         "record_id": "e1",
-        "reason": "permanent_error",
+        "reason": DeadReason.PERMANENT_ERROR,
         "detail": "InvalidParameter.Tags: no",
         "event": event,
         "normalized": event,
@@ -47,14 +51,22 @@ def _prepared(store: DeadLetterStore | None = None, **fields: Any) -> dict[str, 
         "task_id": "t1",
         **fields,
     }
-    return json.loads((store or _store()).prepare(**given_fields).json)
+    return (store or _store()).prepare(**given_fields)
 
 
-GOOD = _prepared()
+GOOD = json.loads(_prepared().json)
+"""A record as stored, to break one field at a time."""
+
+
+def _letter(**change: Any) -> DeadLetter:
+    record = read_record({**GOOD, **change}, RULES)
+    assert isinstance(record, DeadLetter), record
+    return record
 
 
 def test_a_record_the_worker_wrote_passes() -> None:
     assert record_problem(GOOD, RULES) is None
+    assert _letter().as_dict() == GOOD
 
 
 @pytest.mark.parametrize(
@@ -74,6 +86,8 @@ def test_a_record_the_worker_wrote_passes() -> None:
         ({"attempt_counts": {"attempts_made": "3"}}, "attempt_counts"),
         ({"reason": ""}, "reason"),
         ({"reason": "x:dead:all"}, "reason"),
+        ({"reason": "operator_fix"}, "reason"),
+        ({"reason": "\ud800"}, "reason"),
         ({"id": ""}, "id"),
         ({"id": "\ud800"}, "id"),
         ({"call_id": 5}, "call_id"),
@@ -116,8 +130,8 @@ def test_prepare_keeps_lone_surrogates_and_unicode_line_breaks_in_what_it_stores
     text = "\ud800 \udfff \u2028 \x85 \x1c"
     event = {"call_id": "\ud800", "note": text}
     record = _prepared(event=event, normalized=None, detail=text)
-    assert record["event"] == event and record["detail"] == text
-    assert record_problem(record, RULES) is None
+    assert record.letter.event == event and record.letter.detail == text
+    assert record_problem(json.loads(record.json), RULES) is None
 
 
 def test_prepare_bounds_huge_and_deeply_nested_events_without_raising() -> None:
@@ -127,26 +141,33 @@ def test_prepare_bounds_huge_and_deeply_nested_events_without_raising() -> None:
     huge = {"call_id": "call-1", "blob": "\ud800" * 10 * MAX_RAW}
     for event in (nested, huge, {"x": math.nan}):
         record = _prepared(event=event, normalized=None, detail="x" * 10 * MAX_RAW)
-        assert record["event"]["truncated"] is True
-        assert record_problem(record, RULES) is None
+        assert record.letter.event["truncated"] is True
+        assert record_problem(json.loads(record.json), RULES) is None
 
 
 def test_prepare_keeps_only_copies_that_fit_their_fields() -> None:
     raw = {"call_id": 5, "event_id": ["e"], "version": "7", "source": "s" * 200}
-    record = _prepared(event=raw, normalized=None)
-    assert (record["call_id"], record["event_id"], record["version"], record["source"]) == (
+    record = _prepared(event=raw, normalized=None).letter
+    assert (record.call_id, record.event_id, record.version, record.source) == (
         None,
         None,
         None,
         None,
     )
-    assert record["event"] == raw
+    assert record.event == raw
+
+
+def test_a_record_whose_reason_this_version_does_not_know_is_refused_in_one_line() -> None:
+    assert record_problem({**GOOD, "reason": "operator_fix"}, RULES) == (
+        "reason is not one this version knows"
+    )
+    assert _letter(reason="expired").reason is DeadReason.EXPIRED
 
 
 def test_import_lines_split_on_newline_only_and_number_every_line() -> None:
-    text = export_line({**GOOD, "detail": "a\u2028b\x85c"}) + "\n  \r\n" + "not json\n"
+    text = export_line(_letter(detail="a\u2028b\x85c")) + "\n  \r\n" + "not json\n"
     assert list(import_lines(text, RULES)) == [
-        (1, {**GOOD, "detail": "a\u2028b\x85c"}, None),
+        (1, _letter(detail="a\u2028b\x85c"), None),
         (4, None, "not JSON (Expecting value: line 1 column 1 (char 0))"),
     ]
 
@@ -220,7 +241,7 @@ def worker_records(draw: st.DrawFn) -> DeadRecord:
     store = _store(draw(st.sampled_from([256, MAX_RAW, 65_536])))
     prepared = store.prepare(
         record_id=draw(st.uuids().map(str) | TEXT.filter(lambda s: 0 < len(s) <= 128)),
-        reason=draw(st.sampled_from(["invalid_event", "permanent_error", "expired"])),
+        reason=draw(st.sampled_from(DeadReason)),
         detail=draw(TEXT),
         event=event,
         normalized=normalized,
@@ -234,10 +255,12 @@ def worker_records(draw: st.DrawFn) -> DeadRecord:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(worker_records().map(lambda r: json.loads(r.json)), max_size=4))
+@given(st.lists(worker_records(), max_size=4))
 def test_what_the_worker_writes_survives_export_then_import_unchanged(
-    records: list[dict[str, Any]],
+    records: list[DeadRecord],
 ) -> None:
-    written = "".join(export_line(record) for record in records).encode("utf-8")
+    written = "".join(export_line(record.letter) for record in records).encode("utf-8")
     read = list(import_lines(written.decode("utf-8"), RecordRules(max_raw_bytes=65_536)))
-    assert read == [(n, record, None) for n, record in enumerate(records, 1)]
+    assert read == [(n, record.letter, None) for n, record in enumerate(records, 1)]
+    again = "".join(export_line(record) for _, record, _ in read if record is not None)
+    assert again.encode("utf-8") == written, "read and written again, byte for byte"

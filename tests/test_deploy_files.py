@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 import yaml
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
-from tagging_worker.ops import metrics  # noqa: F401  (registers the worker's metrics)
+from tagging_worker.ops.metrics import Metrics
 from tagging_worker.ops.monitoring import RedisCollector
 from tagging_worker.settings import Settings, env_example
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -19,17 +19,19 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
-def _exported(runtime: Runtime) -> set[str]:
+def _exported(stores: Stores) -> set[str]:
     """Series names, whether or not a sample exists yet (a labelled counter has none)."""
-    families = [*REGISTRY.collect(), *RedisCollector(runtime).collect()]
+    registry = CollectorRegistry()
+    Metrics(registry)
+    families = [*registry.collect(), *RedisCollector(stores).collect()]
     return {
         family.name + suffix for family in families for suffix in SUFFIXES.get(family.type, ("",))
     }
 
 
-def test_every_alert_is_valid_and_watches_metrics_the_worker_exports(runtime: Runtime) -> None:
+def test_every_alert_is_valid_and_watches_metrics_the_worker_exports(stores: Stores) -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    exported = _exported(runtime)
+    exported = _exported(stores)
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert alerts
     for rule in alerts:

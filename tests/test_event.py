@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tagging_worker.errors import InvalidEvent
 from tagging_worker.event import (
     MAX_EXTRA_DEPTH,
     EventLimits,
-    InvalidEvent,
     TagUpdate,
     encode_tags,
     validate_event,

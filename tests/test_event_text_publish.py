@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 import redis
 
-from tagging_worker.event import InvalidEvent
+from tagging_worker.errors import InvalidEvent
 from tagging_worker.produce.publish import Publisher, publish_tag_update
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 
 LONE = "contains a lone surrogate (not valid Unicode text)"
 
 
-def _queued(runtime: Runtime, client: redis.Redis) -> int:
-    return int(client.llen(runtime.settings.queue))
+def _queued(stores: Stores, client: redis.Redis) -> int:
+    return int(client.llen(stores.settings.queue))
 
 
 @pytest.mark.parametrize(
@@ -34,52 +34,52 @@ def _queued(runtime: Runtime, client: redis.Redis) -> int:
     ids=["call_id", "tag", "tags JSON", "event_id", "source", "extra", "set"],
 )
 def test_publish_refuses_an_event_that_cannot_be_queued_naming_the_field(
-    runtime: Runtime, redis_client: redis.Redis, event: dict[str, Any], reason: str
+    stores: Stores, redis_client: redis.Redis, event: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(InvalidEvent, match=re.escape(reason)):
-        Publisher.from_settings(runtime.settings).publish(event)
-    assert _queued(runtime, redis_client) == 0
+        Publisher.from_settings(stores.settings).publish(event)
+    assert _queued(stores, redis_client) == 0
 
 
 def test_publish_many_refuses_the_whole_batch_when_one_event_holds_a_lone_surrogate(
-    runtime: Runtime, redis_client: redis.Redis
+    stores: Stores, redis_client: redis.Redis
 ) -> None:
     good = {"call_id": "call-1", "tags": ["a"]}
     bad = {"call_id": "call-2", "tags": ["a"], "crm": ["ok", {"x": "\ud800"}]}
 
     with pytest.raises(InvalidEvent, match=re.escape(f"extra field 'crm[1].x' {LONE}")):
-        Publisher.from_settings(runtime.settings).publish_many([good, bad])
-    assert _queued(runtime, redis_client) == 0
+        Publisher.from_settings(stores.settings).publish_many([good, bad])
+    assert _queued(stores, redis_client) == 0
 
 
 def test_publish_many_refuses_an_event_that_is_not_an_object(
-    runtime: Runtime, redis_client: redis.Redis
+    stores: Stores, redis_client: redis.Redis
 ) -> None:
     events: list[Any] = [{"call_id": "call-1", "tags": []}, 5]
 
     with pytest.raises(InvalidEvent, match="event must be a JSON object, got int"):
-        Publisher.from_settings(runtime.settings).publish_many(events)
-    assert _queued(runtime, redis_client) == 0
+        Publisher.from_settings(stores.settings).publish_many(events)
+    assert _queued(stores, redis_client) == 0
 
 
 def test_publish_tag_update_refuses_a_lone_surrogate_in_a_tag(
-    runtime: Runtime, redis_client: redis.Redis
+    stores: Stores, redis_client: redis.Redis
 ) -> None:
     with pytest.raises(InvalidEvent, match=re.escape(f"tags[0] {LONE}")):
-        publish_tag_update("call-1", ["\udfff"], settings=runtime.settings)
-    assert _queued(runtime, redis_client) == 0
+        publish_tag_update("call-1", ["\udfff"], settings=stores.settings)
+    assert _queued(stores, redis_client) == 0
 
 
-def test_publish_tag_update_names_tags_that_are_not_a_list(runtime: Runtime) -> None:
+def test_publish_tag_update_names_tags_that_are_not_a_list(stores: Stores) -> None:
     with pytest.raises(InvalidEvent, match="tags must be a list of strings, got int"):
-        publish_tag_update("call-1", 5, settings=runtime.settings)  # type: ignore[arg-type]
+        publish_tag_update("call-1", 5, settings=stores.settings)  # type: ignore[arg-type]
 
 
 def test_even_an_unvalidated_event_is_refused_when_it_cannot_be_encoded(
-    runtime: Runtime, redis_client: redis.Redis
+    stores: Stores, redis_client: redis.Redis
 ) -> None:
     event = {"call_id": "call-1", "tags": ["ok", 5], "note": "\ud800"}
 
     with pytest.raises(InvalidEvent, match="cannot be queued even unvalidated"):
-        Publisher.from_settings(runtime.settings).publish(event, validate=False)
-    assert _queued(runtime, redis_client) == 0
+        Publisher.from_settings(stores.settings).publish(event, validate=False)
+    assert _queued(stores, redis_client) == 0

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from alibabacloud_tea_openapi import utils
 
-from tagging_worker.alibaba.api import ApiFailure, ApiSuccess, TagsApi
+from tagging_worker.alibaba.api import TagsApi
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.alibaba.results import ApiFailure, ApiSuccess
 from tagging_worker.settings import load_settings
 from tests.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 
@@ -27,7 +28,7 @@ def _client(fake_api: FakeAlibabaApi, read_timeout_ms: int = 10_000) -> TagsApi:
             access_key_id=ACCESS_KEY_ID,
             access_key_secret=ACCESS_KEY_SECRET,
             api_read_timeout_ms=read_timeout_ms,
-        )
+        ).api_config()
     )
 
 

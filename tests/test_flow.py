@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from tagging_worker.alibaba.api import ApiFailure, ApiSuccess
 from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.results import ApiFailure, ApiSuccess
 from tagging_worker.state.flow import (
     Flow,
     FlowPolicy,

@@ -16,7 +16,7 @@ import redis
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi, LoggedCall
 from tagging_worker.produce.publish import Publisher
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -29,8 +29,8 @@ from tests.conftest import (
 pytestmark = pytest.mark.e2e
 
 
-def _publish(runtime: Runtime, n: int, prefix: str) -> list[str]:
-    publisher = Publisher.from_settings(runtime.settings)
+def _publish(stores: Stores, n: int, prefix: str) -> list[str]:
+    publisher = Publisher.from_settings(stores.settings)
     events = [{"call_id": f"{prefix}-{i:05d}", "tags": [f"t{i}"], "version": 1} for i in range(n)]
     publisher.publish_many(events)
     return [e["call_id"] for e in events]  # type: ignore[misc]
@@ -48,7 +48,7 @@ def _between(calls: list[LoggedCall], start: float, end: float) -> list[LoggedCa
 
 @pytest.mark.slow
 def test_three_workers_share_the_quota_and_adapt_their_pace_to_it(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     worker_env: dict[str, str],
@@ -57,19 +57,19 @@ def test_three_workers_share_the_quota_and_adapt_their_pace_to_it(
     shared pace down to the quota, then keep it there with few refusals."""
     quota, n = 40, 800
     fake_api.set_quota(quota)
-    call_ids = _publish(runtime, n, "call-quota")
+    call_ids = _publish(stores, n, "call-quota")
     env = {"TAGGING_API_RATE_LIMIT": str(2 * quota), "TAGGING_RETRY_MAX_ATTEMPTS": "8"}
     for _ in range(3):
         start_worker(concurrency=8, **env)
 
-    wait_for(lambda: runtime.outcomes.snapshot()["applied"] >= n / 2, timeout=120)
+    wait_for(lambda: stores.outcomes.snapshot()["applied"] >= n / 2, timeout=120)
     shown = run_cli({**worker_env, **env}, "status", "--json", "--no-workers")
     pace = json.loads(shown.stdout)["api"]
     assert pace["rate"] < pace["rate_limit"] == 2 * quota
-    wait_for(settled(runtime, n), timeout=120, what="every event applied")
+    wait_for(settled(stores, n), timeout=120, what="every event applied")
 
     _all_applied(fake_api, call_ids)
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
     calls = fake_api.calls()
     ok = [c.at for c in calls if c.answer == "OK"]
     # Adapted: from 5 s after the first request; still busy: up to 2 s before the last success.
@@ -96,7 +96,7 @@ def test_three_workers_share_the_quota_and_adapt_their_pace_to_it(
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_an_outage_stops_the_calls_and_every_event_is_applied_when_it_ends(
     pool: str,
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
@@ -104,27 +104,27 @@ def test_an_outage_stops_the_calls_and_every_event_is_applied_when_it_ends(
     """While the API drops every connection the circuit lets one probe through per cool-down,
     workers stop taking messages (the queue stays in Redis), and no event is dead-lettered."""
     n, workers, slots, cooldown, outage = 300, 2, 4, 1.0, 4.0
-    threshold = runtime.settings.circuit_failure_threshold
+    threshold = stores.settings.circuit_failure_threshold
     fake_api.add_fault("close")
-    call_ids = _publish(runtime, n, "call-outage")
+    call_ids = _publish(stores, n, "call-outage")
     logs = [
         start_worker(pool, slots, TAGGING_CIRCUIT_COOLDOWN_SECONDS=str(cooldown))
         for _ in range(workers)
     ]
 
-    wait_for(lambda: runtime.flow.snapshot()["circuit"] != "closed", what="the circuit open")
+    wait_for(lambda: stores.flow.snapshot()["circuit"] != "closed", what="the circuit open")
     opened_at = time.time()
     time.sleep(outage)
-    queued = redis_client.llen(runtime.settings.queue)
-    waiting = runtime.retries.pending()
-    held = runtime.outcomes.snapshot()["held"]
+    queued = redis_client.llen(stores.settings.queue)
+    waiting = stores.retries.pending()
+    held = stores.outcomes.snapshot()["held"]
     fake_api.clear_faults()
     ended_at = time.time()
 
-    wait_for(settled(runtime, n), timeout=60, what="every event applied")
+    wait_for(settled(stores, n), timeout=60, what="every event applied")
 
     _all_applied(fake_api, call_ids)
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
     calls = fake_api.calls()
     during = _between(calls, opened_at, ended_at)
     probes = sum(log.log().count("API calls stay stopped: the probe failed") for log in logs)
@@ -147,7 +147,7 @@ def test_an_outage_stops_the_calls_and_every_event_is_applied_when_it_ends(
 
 
 def test_a_rejected_signature_stops_the_calls_is_reported_once_and_nothing_is_dead_lettered(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     worker_env: dict[str, str],
@@ -156,15 +156,15 @@ def test_a_rejected_signature_stops_the_calls_is_reported_once_and_nothing_is_de
     keep their attempts, and once the key works again every event is applied."""
     n, cooldown, broken_for = 200, 1.0, 3.0
     fake_api.set_credentials({ACCESS_KEY_ID: "the-rotated-secret"})
-    call_ids = _publish(runtime, n, "call-rotated")
+    call_ids = _publish(stores, n, "call-rotated")
     workers = [
         start_worker(TAGGING_CIRCUIT_SYSTEMIC_COOLDOWN_SECONDS=str(cooldown)) for _ in range(2)
     ]
 
-    wait_for(lambda: runtime.flow.snapshot()["circuit"] != "closed", what="the circuit open")
+    wait_for(lambda: stores.flow.snapshot()["circuit"] != "closed", what="the circuit open")
     opened_at = time.monotonic()
     time.sleep(broken_for)
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
     shown = run_cli(worker_env, "status", "--json", "--no-workers")
     assert shown.returncode == 0, shown.stderr
     api = json.loads(shown.stdout)["api"]
@@ -173,10 +173,10 @@ def test_a_rejected_signature_stops_the_calls_is_reported_once_and_nothing_is_de
     fake_api.set_credentials({ACCESS_KEY_ID: ACCESS_KEY_SECRET})
     broken_for = time.monotonic() - opened_at
 
-    wait_for(settled(runtime, n), timeout=60, what="every event applied")
+    wait_for(settled(stores, n), timeout=60, what="every event applied")
 
     _all_applied(fake_api, call_ids)
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
     refused = fake_api.counters().get("SignatureDoesNotMatch", 0)
     reports = [r["message"] for w in workers for r in w.records() if r["level"] == "error"]
     print(f"\nkey rejected for {broken_for:.0f} s: {refused} refused requests; reports: {reports}")

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME, build_task_message
 from tagging_worker.state.outcomes import FATES
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import REDIS_URL, WorkerProcess
 from tests.hostile import catalogue, hostile_items, send_task_cases
 
@@ -32,13 +32,13 @@ class Trial:
 
     def __init__(
         self,
-        runtime: Runtime,
+        stores: Stores,
         fake_api: FakeAlibabaApi,
         start_worker: Callable[..., WorkerProcess],
         client: redis.Redis,
         pool: str,
     ) -> None:
-        self.runtime, self.fake_api, self.client = runtime, fake_api, client
+        self.stores, self.fake_api, self.client = stores, fake_api, client
         self.start_worker = lambda: start_worker(pool, 2)
         self.worker = self.start_worker()
         self.fates = 0
@@ -46,7 +46,7 @@ class Trial:
         self.verdicts: dict[str, str] = {}
 
     def fated(self) -> int:
-        counts = self.runtime.outcomes.snapshot()
+        counts = self.stores.outcomes.snapshot()
         return sum(counts[fate.value] for fate in FATES)
 
     def feed(self, name: str, push: Callable[[], None]) -> str:
@@ -56,10 +56,10 @@ class Trial:
             self.goods += 1
             call_id = f"call-good-{self.goods}"
             self.client.lpush(
-                self.runtime.settings.queue,
+                self.stores.settings.queue,
                 build_task_message(
                     {"call_id": call_id, "tags": [str(self.goods)]},
-                    queue=self.runtime.settings.queue,
+                    queue=self.stores.settings.queue,
                 ),
             )
             verdict = self._settle(self.fates + 2, good=call_id)
@@ -88,7 +88,7 @@ class Trial:
         """Start afresh for the next input: a new worker, the queue emptied."""
         if self.worker.proc.poll() is None:
             self.worker.kill()
-        queue = self.runtime.settings.queue
+        queue = self.stores.settings.queue
         self.client.delete(queue)
         for key in self.client.scan_iter(f"{queue}:fetch:*"):
             self.client.delete(key)
@@ -99,13 +99,13 @@ class Trial:
 @pytest.fixture(params=["threads", "prefork"])
 def trial(
     request: pytest.FixtureRequest,
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> Trial:
     """A trial with a worker of each pool: the task runs in a child process under prefork."""
-    return Trial(runtime, fake_api, start_worker, redis_client, request.param)
+    return Trial(stores, fake_api, start_worker, redis_client, request.param)
 
 
 def _failures(trial: Trial) -> dict[str, str]:
@@ -116,7 +116,7 @@ def _failures(trial: Trial) -> dict[str, str]:
 def test_every_hostile_queue_item_gets_one_fate_and_the_worker_keeps_consuming(
     trial: Trial, redis_client: redis.Redis
 ) -> None:
-    queue = trial.runtime.settings.queue
+    queue = trial.stores.settings.queue
     for name, raw in catalogue(queue).items():
         trial.feed(name, lambda raw=raw: redis_client.lpush(queue, raw))
 
@@ -128,7 +128,7 @@ def test_every_hostile_queue_item_gets_one_fate_and_the_worker_keeps_consuming(
 def test_every_hostile_send_task_gets_one_fate_and_the_worker_keeps_consuming(
     trial: Trial,
 ) -> None:
-    queue = trial.runtime.settings.queue
+    queue = trial.stores.settings.queue
     producer = Celery(broker=REDIS_URL, set_as_current=False)
 
     def sender(case: dict[str, Any]) -> Callable[[], None]:
@@ -147,7 +147,7 @@ def test_every_hostile_send_task_gets_one_fate_and_the_worker_keeps_consuming(
 def test_arbitrary_task_messages_each_get_one_fate_and_the_worker_keeps_consuming(
     trial: Trial, redis_client: redis.Redis
 ) -> None:
-    queue = trial.runtime.settings.queue
+    queue = trial.stores.settings.queue
 
     @given(raw=hostile_items(queue))
     @settings(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,7 @@ def node_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_an_event_published_by_celery_node_is_applied(
     node_producer: Path,
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
@@ -50,7 +50,7 @@ def test_an_event_published_by_celery_node_is_applied(
         "source": "js",
     }
     sent = subprocess.run(
-        ["node", "producer.js", REDIS_URL, runtime.settings.queue, json.dumps(event)],
+        ["node", "producer.js", REDIS_URL, stores.settings.queue, json.dumps(event)],
         cwd=node_producer,
         capture_output=True,
         text=True,
@@ -59,8 +59,8 @@ def test_an_event_published_by_celery_node_is_applied(
     assert sent.returncode == 0, sent.stderr
     start_worker()
 
-    wait_for(settled(runtime, 1), what="the event applied")
+    wait_for(settled(stores, 1), what="the event applied")
     assert fake_api.tags_of("call-from-node") == ["有意向", "需跟进"]
-    assert runtime.outcomes.snapshot()["applied"] == 1
-    assert runtime.ordering.applied_version("call-from-node") == 7
-    assert runtime.dead_letters.count() == 0
+    assert stores.outcomes.snapshot()["applied"] == 1
+    assert stores.ordering.applied_version("call-from-node") == 7
+    assert stores.dead_letters.count() == 0

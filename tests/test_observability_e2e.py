@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.produce.publish import Publisher
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
@@ -50,13 +50,13 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def _publish_mixed(runtime: Runtime, fake_api: FakeAlibabaApi) -> None:
+def _publish_mixed(stores: Stores, fake_api: FakeAlibabaApi) -> None:
     """Four events applied (one after a throttling answer) and one dead-lettered."""
     fake_api.add_fault("throttle", call_id="call-m-1", times=1)
     fake_api.add_fault(
         "error", call_id="call-m-4", code="InvalidParameter.Tags", http_status=400, times=1
     )
-    Publisher.from_settings(runtime.settings).publish_many(
+    Publisher.from_settings(stores.settings).publish_many(
         [{"call_id": f"call-m-{i}", "tags": ["x"], "version": 1} for i in range(5)]
     )
 
@@ -64,14 +64,14 @@ def _publish_mixed(runtime: Runtime, fake_api: FakeAlibabaApi) -> None:
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_metrics_count_what_every_worker_process_did_and_show_the_shared_state(
     pool: str,
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     port = free_port()
     start_worker(pool, 2, TAGGING_METRICS_PORT=str(port), TAGGING_METRICS_HOST="127.0.0.1")
-    _publish_mixed(runtime, fake_api)
-    wait_for(settled(runtime, 5), what="five events settled")
+    _publish_mixed(stores, fake_api)
+    wait_for(settled(stores, 5), what="five events settled")
 
     status, text = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200
@@ -90,7 +90,7 @@ def test_metrics_count_what_every_worker_process_did_and_show_the_shared_state(
     assert m[("tagging_queue_depth", ())] == 0
     assert m[("tagging_delayed_retries", ())] == 0
     assert m[("tagging_api_circuit_state", ())] == 0
-    assert m[("tagging_api_rate_limit", ())] == runtime.settings.api_rate_limit
+    assert m[("tagging_api_rate_limit", ())] == stores.settings.api_rate_limit
     assert m[("tagging_redis_up", ())] == 1
     assert m[("tagging_rate_limiter_wait_seconds_count", ())] == 6
 
@@ -124,7 +124,7 @@ def test_readiness_fails_while_redis_is_unreachable_and_liveness_does_not(
 
 
 def test_a_worker_whose_metrics_port_is_taken_still_applies_events_and_says_why(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
@@ -133,10 +133,10 @@ def test_a_worker_whose_metrics_port_is_taken_still_applies_events_and_says_why(
         squatter.listen()
         port = squatter.getsockname()[1]
         worker = start_worker(TAGGING_METRICS_PORT=str(port), TAGGING_METRICS_HOST="127.0.0.1")
-        Publisher.from_settings(runtime.settings).publish({"call_id": "call-p", "tags": ["a"]})
-        wait_for(settled(runtime, 1), what="the event settled")
+        Publisher.from_settings(stores.settings).publish({"call_id": "call-p", "tags": ["a"]})
+        wait_for(settled(stores, 1), what="the event settled")
 
-    assert runtime.outcomes.snapshot()["applied"] == 1
+    assert stores.outcomes.snapshot()["applied"] == 1
     refusals = [r for r in worker.records() if "TAGGING_METRICS_PORT" in r["message"]]
     assert len(refusals) == 1 and refusals[0]["level"] == "error", refusals
     assert worker.proc.poll() is None
@@ -202,7 +202,7 @@ def sentry_recorder() -> Iterator[SentryRecorder]:
 
 
 def test_dead_letters_reach_sentry_grouped_by_cause_and_scrubbed_of_secrets(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     sentry_recorder: SentryRecorder,
@@ -210,12 +210,12 @@ def test_dead_letters_reach_sentry_grouped_by_cause_and_scrubbed_of_secrets(
     # An API answer that quotes the credentials back: they must still never reach Sentry.
     leaky = f"Tags rejected for key {ACCESS_KEY_ID} signed with {ACCESS_KEY_SECRET}"
     fake_api.add_fault("error", code="InvalidParameter.Tags", http_status=400, message=leaky)
-    Publisher.from_settings(runtime.settings).publish_many(
+    Publisher.from_settings(stores.settings).publish_many(
         [{"call_id": f"call-sentry-{i}", "tags": ["x"], "version": 1} for i in range(3)]
     )
     start_worker(SENTRY_DSN=sentry_recorder.dsn)
 
-    wait_for(settled(runtime, 3), what="three events dead-lettered")
+    wait_for(settled(stores, 3), what="three events dead-lettered")
     events = wait_for(
         lambda: len(e := sentry_recorder.events()) >= 3 and e, what="three Sentry events"
     )
@@ -231,36 +231,36 @@ def test_dead_letters_reach_sentry_grouped_by_cause_and_scrubbed_of_secrets(
 
 
 def test_a_broken_key_is_one_sentry_issue_not_one_per_event(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     sentry_recorder: SentryRecorder,
 ) -> None:
     fake_api.set_credentials({ACCESS_KEY_ID: "the-rotated-secret"})
-    Publisher.from_settings(runtime.settings).publish_many(
+    Publisher.from_settings(stores.settings).publish_many(
         [{"call_id": f"call-key-{i}", "tags": ["x"], "version": 1} for i in range(20)]
     )
     start_worker(SENTRY_DSN=sentry_recorder.dsn, TAGGING_CIRCUIT_SYSTEMIC_COOLDOWN_SECONDS="0.5")
     wait_for(lambda: fake_api.counters().get("SignatureDoesNotMatch", 0) >= 3, what="3 probes")
     fake_api.set_credentials({ACCESS_KEY_ID: ACCESS_KEY_SECRET})
-    wait_for(settled(runtime, 20), what="every event applied after the fix")
+    wait_for(settled(stores, 20), what="every event applied after the fix")
 
     events = sentry_recorder.events()
     assert [tuple(e["fingerprint"]) for e in events] == [
         ("circuit-open", "systemic", "SignatureDoesNotMatch")
     ]
-    assert runtime.dead_letters.count() == 0
+    assert stores.dead_letters.count() == 0
 
 
 def test_status_shows_the_live_workers_outcomes_and_recent_rates(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     worker_env: dict[str, str],
 ) -> None:
     start_worker(concurrency=2)
-    _publish_mixed(runtime, fake_api)
-    wait_for(settled(runtime, 5), what="five events settled")
+    _publish_mixed(stores, fake_api)
+    wait_for(settled(stores, 5), what="five events settled")
 
     shown = run_cli(worker_env, "status", "--json")
     assert shown.returncode == 0, shown.stderr

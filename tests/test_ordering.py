@@ -12,7 +12,14 @@ import pytest
 import redis
 
 from tagging_worker.messages import build_task_message
-from tagging_worker.state.dead_letters import DeadLetterStore, DeadRecord, Restored
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import (
+    DeadLetter,
+    DeadLetterStore,
+    DeadRecord,
+    Restored,
+    read_record,
+)
 from tagging_worker.state.keys import Keys
 from tagging_worker.state.ordering import Begin, Ordering, Recorded, Repair, Settle
 from tagging_worker.state.outcomes import Outcome, OutcomeCounters
@@ -50,7 +57,7 @@ def _record(ordering: Ordering, event: dict, *, applied_version: int | None = No
     store = DeadLetterStore(ordering.client, ordering.keys, max_records=100)
     return store.prepare(
         record_id=event["event_id"],
-        reason="permanent_error",
+        reason=DeadReason.PERMANENT_ERROR,
         detail="InvalidParameter: no",
         event=event,
         normalized=event if "version" in event else None,
@@ -353,6 +360,7 @@ def test_an_import_of_a_record_whose_event_finished_since_is_refused(
     assert _begin(ordering, 6, "e6", token="x") is Begin.GO
     assert _dead(ordering, "e6", "x") == "dead"
     exported = store.get("e6")
+    assert isinstance(exported, DeadLetter)
     assert store.replay("e6", queue=namespace, build_message=lambda e: _message("e6"))
     assert _begin(ordering, 6, "e6", token="y") is Begin.GO
     assert _applied(ordering, 6, "e6", token="y")
@@ -366,7 +374,19 @@ def test_an_imported_record_counts_its_event_once(
     redis_client: redis.Redis, namespace: str, counters: OutcomeCounters
 ) -> None:
     store = DeadLetterStore(redis_client, Keys(namespace), max_records=100)
-    record = {"id": "e9", "reason": "permanent_error", "call_id": "call-1", "died_at": 1.0}
+    record = read_record(
+        {
+            "id": "e9",
+            "reason": "permanent_error",
+            "detail": "",
+            "call_id": "call-1",
+            "event": {},
+            "attempts": [],
+            "died_at": 1.0,
+        },
+        store.rules,
+    )
+    assert isinstance(record, DeadLetter), record
     assert store.restore(record, replace=False) is Restored.STORED
     assert store.restore(record, replace=True) is Restored.STORED
     assert counters.snapshot()["dead"] == 1

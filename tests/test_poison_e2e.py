@@ -14,7 +14,9 @@ import redis
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
 from tagging_worker.produce.publish import Publisher
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 from tagging_worker.worker.poison import OPAQUE_CONTENT_TYPE, tolerant_loads
 from tests.conftest import WorkerProcess, settled, wait_for
 
@@ -66,32 +68,33 @@ POISON = {
 
 @pytest.mark.e2e
 def test_poison_messages_are_dead_lettered_with_their_raw_body_and_the_worker_keeps_running(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     for raw, _ in POISON.values():
         redis_client.lpush(queue, raw)
     start_worker()
 
-    wait_for(settled(runtime, len(POISON)), what="every poison message dead-lettered")
-    Publisher(runtime.ordering, limits=runtime.settings.event_limits).publish(
+    wait_for(settled(stores, len(POISON)), what="every poison message dead-lettered")
+    Publisher(stores.ordering, limits=stores.settings.event_limits).publish(
         {"call_id": "call-after", "tags": ["still here"]}
     )
     wait_for(lambda: fake_api.tags_of("call-after") == ["still here"], what="a good event after")
 
-    records = runtime.dead_letters.list(limit=100)
-    assert sorted(r["reason"] for r in records) == sorted(reason for _, reason in POISON.values())
-    assert runtime.outcomes.snapshot()["dead"] == len(POISON)
-    garbage = next(r for r in records if "not json at all" in json.dumps(r["event"]))
-    assert garbage["reason"] == "undecodable_message"
-    huge = next(r for r in records if isinstance(r["event"], dict) and r["event"].get("truncated"))
-    assert huge["event"]["size_bytes"] > 2_000_000
-    assert len(json.dumps(huge)) < 3 * runtime.settings.dead_letter_max_raw_bytes
-    pickled = next(r for r in records if "python-serialize" in r["detail"])
-    assert pickled["event"]["content_type"] == "application/x-python-serialize"
+    records = stores.dead_letters.list(limit=100)
+    assert all(isinstance(r, DeadLetter) for r in records), records
+    assert sorted(r.reason.value for r in records) == sorted(r for _, r in POISON.values())
+    assert stores.outcomes.snapshot()["dead"] == len(POISON)
+    garbage = next(r for r in records if "not json at all" in json.dumps(r.event))
+    assert garbage.reason is DeadReason.UNDECODABLE_MESSAGE
+    huge = next(r for r in records if isinstance(r.event, dict) and r.event.get("truncated"))
+    assert huge.event["size_bytes"] > 2_000_000
+    assert len(json.dumps(huge.as_dict())) < 3 * stores.settings.dead_letter_max_raw_bytes
+    pickled = next(r for r in records if "python-serialize" in r.detail)
+    assert pickled.event["content_type"] == "application/x-python-serialize"
     assert [c.call_id for c in fake_api.calls()] == ["call-after"]
 
 

@@ -11,26 +11,29 @@ import redis
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 from tests.conftest import WorkerProcess, settled, wait_for
 
 KILLER = {"call_id": "call-killer", "tags": ["boom"], "event_id": "killer"}
 
 
-def _one_dead_letter(runtime: Runtime) -> dict[str, object]:
-    wait_for(settled(runtime, 1), timeout=60, what="the killer message dead-lettered")
-    [record] = runtime.dead_letters.list(limit=10)
+def _one_dead_letter(stores: Stores) -> DeadLetter:
+    wait_for(settled(stores, 1), timeout=60, what="the killer message dead-lettered")
+    [record] = stores.dead_letters.list(limit=10)
+    assert isinstance(record, DeadLetter), record
     return record
 
 
 @pytest.mark.e2e
 def test_a_message_whose_worker_keeps_dying_is_dead_lettered_as_poison_and_workers_carry_on(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     redis_client.lpush(queue, build_task_message(KILLER, queue=queue))
     env = {
         "TAGGING_FAILPOINTS": "before_begin",
@@ -39,15 +42,15 @@ def test_a_message_whose_worker_keeps_dying_is_dead_lettered_as_poison_and_worke
     }
     workers = [start_worker(**env)]
     deadline = time.monotonic() + 90
-    while not runtime.dead_letters.count() and time.monotonic() < deadline:
+    while not stores.dead_letters.count() and time.monotonic() < deadline:
         if workers[-1].proc.poll() is not None:
             workers.append(start_worker(**env))  # a supervisor restarting it
         time.sleep(0.1)
 
-    record = _one_dead_letter(runtime)
-    assert record["reason"] == "poison_message"
-    assert "2 times" in str(record["detail"])
-    assert (record["id"], record["event"]) == ("killer", KILLER)  # replays as it is
+    record = _one_dead_letter(stores)
+    assert record.reason is DeadReason.POISON_MESSAGE
+    assert "2 times" in record.detail
+    assert (record.id, record.event) == ("killer", KILLER)  # replays as it is
     assert [w.proc.returncode for w in workers[:-1]] == [-9, -9]
     assert workers[-1].proc.poll() is None
     assert fake_api.calls() == []
@@ -55,21 +58,21 @@ def test_a_message_whose_worker_keeps_dying_is_dead_lettered_as_poison_and_worke
 
 @pytest.mark.e2e
 def test_a_message_whose_prefork_child_keeps_dying_is_dead_lettered_as_poison(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     redis_client.lpush(queue, build_task_message(KILLER, queue=queue))
     worker = start_worker(
         "prefork", 2, TAGGING_FAILPOINTS="before_begin", TAGGING_POISON_AFTER_CRASHES="3"
     )
 
-    record = _one_dead_letter(runtime)
+    record = _one_dead_letter(stores)
 
-    assert record["reason"] == "poison_message"
-    assert "3 times" in str(record["detail"])
-    assert record["event"] == KILLER
+    assert record.reason is DeadReason.POISON_MESSAGE
+    assert "3 times" in record.detail
+    assert record.event == KILLER
     assert worker.proc.poll() is None
-    assert runtime.outcomes.snapshot()["dead"] == 1
+    assert stores.outcomes.snapshot()["dead"] == 1

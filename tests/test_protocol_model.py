@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tagging_worker.messages import build_task_message
+from tagging_worker.reasons import DeadReason
 from tagging_worker.state import ordering as ordering_module
 from tagging_worker.state.dead_letters import DeadLetterStore
 from tagging_worker.state.keys import Keys
@@ -117,7 +118,7 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def replay_a_dead_letter(self, data: st.DataObject) -> None:
-        ids = [r["id"] for r in self.dead_letters.list(limit=100)]
+        ids = [r.id for r in self.dead_letters.list(limit=100)]
         if ids:
             record_id = data.draw(st.sampled_from(sorted(ids)))
             self.dead_letters.replay(
@@ -211,7 +212,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         event = self.w.events[request.event_id]
         record = self.dead_letters.prepare(
             record_id=request.event_id,
-            reason="permanent_error",
+            reason=DeadReason.PERMANENT_ERROR,
             detail="refused",
             event=event,
             normalized={**event, "version": request.version},
@@ -349,7 +350,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         fates = {eid: self.ordering.fate(eid) for eid in self.w.events}
         assert None not in fates.values(), fates
         dead = {eid for eid, fate in fates.items() if fate == "dead"}
-        assert dead == {r["id"] for r in self.dead_letters.list(limit=1000)}
+        assert dead == {r.id for r in self.dead_letters.list(limit=1000)}
         versions = {eid: self._version_of(eid) for eid in self.w.events}
         live = {eid: v for eid, v in versions.items() if eid not in dead}
         if live:

@@ -13,7 +13,7 @@ import redis
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import OwnRedis, WorkerProcess, free_port, run_cli, settled, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def _publish_and_settle(
     )
     Publisher.from_settings(settings).publish({"call_id": "call-r", "tags": ["ok"], "version": 1})
     start_worker(**overrides)
-    wait_for(settled(Runtime(settings), 1), what="the event applied")
+    wait_for(settled(Stores.connect(settings), 1), what="the event applied")
     assert fake_api.tags_of("call-r") == ["ok"]
 
 

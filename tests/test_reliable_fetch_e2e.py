@@ -24,7 +24,7 @@ from celery import Celery
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import TASK_NAME, build_task_message
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 from tests.conftest import REDIS_URL, WorkerProcess, settled, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -112,7 +112,7 @@ def test_a_dead_consumers_message_comes_back_under_a_kombu_global_keyprefix(
 
 
 def test_the_messages_of_a_sigkilled_busy_worker_are_applied_by_another_within_60_seconds(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
@@ -120,7 +120,7 @@ def test_the_messages_of_a_sigkilled_busy_worker_are_applied_by_another_within_6
     """Sixteen threads, each stalled in an API call on a message sent by Celery's
     `send_task`, die with their worker; another worker applies every event within a minute,
     though the visibility timeout is 300 s."""
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     fake_api.add_fault("stall", times=16)
     producer = Celery(broker=REDIS_URL)
     producer.conf.task_serializer = "json"
@@ -137,13 +137,13 @@ def test_the_messages_of_a_sigkilled_busy_worker_are_applied_by_another_within_6
     doomed.kill()
     killed_at = time.monotonic()
     fake_api.release_stalls()
-    assert runtime.outcomes.snapshot()["applied"] == 0
+    assert stores.outcomes.snapshot()["applied"] == 0
     start_worker(concurrency=4)
 
-    wait_for(settled(runtime, 16), timeout=60, what="every event applied by the other worker")
+    wait_for(settled(stores, 16), timeout=60, what="every event applied by the other worker")
     assert time.monotonic() - killed_at < 60
-    assert runtime.outcomes.snapshot()["applied"] == 16
-    assert runtime.dead_letters.count() == 0
+    assert stores.outcomes.snapshot()["applied"] == 16
+    assert stores.dead_letters.count() == 0
     assert fake_api.all_tags() == {e["call_id"]: e["tags"] for e in events}
 
 
@@ -151,14 +151,14 @@ def test_the_messages_of_a_sigkilled_busy_worker_are_applied_by_another_within_6
 def test_a_worker_holds_messages_only_until_it_acks_them_and_leaves_no_trace_when_stopped(
     pool: str,
     concurrency: int,
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> None:
     """Acks come from the worker's main process in both pools and remove the message from the
     held list; a warm shutdown leaves neither held messages nor a registered consumer."""
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     fake_api.add_fault("stall", call_id="call-held", times=1)
     message, _ = _task_message("call-held", queue)
     redis_client.lpush(queue, message)
@@ -169,7 +169,7 @@ def test_a_worker_holds_messages_only_until_it_acks_them_and_leaves_no_trace_whe
         what="the message held by the worker",
     )
     fake_api.release_stalls()
-    wait_for(settled(runtime, 1), what="the event applied")
+    wait_for(settled(stores, 1), what="the event applied")
     wait_for(lambda: _whereabouts(redis_client, queue, message) == [], what="the ack")
     registry = f"{queue}:fetch:{queue}:consumers"
     assert redis_client.zcard(registry) == 1

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagging_worker.alibaba.api import ApiFailure
 from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.results import ApiFailure
 from tagging_worker.worker.backoff import GiveUp, next_step
 from tagging_worker.worker.retry_state import (
     COUNT_CEILING,

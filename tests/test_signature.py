@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tagging_worker.alibaba.signature import SignatureError, verify_acs3, verify_rpc_v2
+from tagging_worker.alibaba.signature import verify_acs3, verify_rpc_v2
+from tagging_worker.errors import SignatureError
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "acs-signature-vectors.json").read_text())
 V3, V2 = VECTORS["v3"], VECTORS["v2"]

@@ -17,7 +17,9 @@ import redis
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.messages import build_task_message
-from tagging_worker.state.stores import Runtime
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 from tagging_worker.worker.poison import OPAQUE_CONTENT_TYPE, tolerant_loads
 from tests.conftest import WorkerProcess, settled, wait_for
 
@@ -52,12 +54,12 @@ def test_an_envelope_kombu_cannot_read_becomes_an_opaque_message_with_its_raw_by
 
 @pytest.mark.e2e
 def test_unreadable_envelopes_are_dead_lettered_once_and_leave_nothing_held(
-    runtime: Runtime,
+    stores: Stores,
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
 ) -> None:
-    queue = runtime.settings.queue
+    queue = stores.settings.queue
     unreadable = _unreadable(queue)
     for raw in unreadable.values():
         redis_client.lpush(queue, raw)
@@ -66,10 +68,11 @@ def test_unreadable_envelopes_are_dead_lettered_once_and_leave_nothing_held(
     )
     start_worker()
 
-    wait_for(settled(runtime, len(unreadable) + 1), what="every message given its fate")
+    wait_for(settled(stores, len(unreadable) + 1), what="every message given its fate")
 
-    records = runtime.dead_letters.list(limit=10)
-    assert [r["reason"] for r in records] == ["undecodable_message"] * len(unreadable)
-    assert sorted(r["event"]["raw_body"] for r in records) == sorted(unreadable.values())
+    records = stores.dead_letters.list(limit=10)
+    assert all(isinstance(r, DeadLetter) for r in records), records
+    assert [r.reason for r in records] == [DeadReason.UNDECODABLE_MESSAGE] * len(unreadable)
+    assert sorted(r.event["raw_body"] for r in records) == sorted(unreadable.values())
     assert fake_api.tags_of("call-ok") == ["ok"]
     assert [*redis_client.scan_iter(f"{queue}:fetch:{queue}:held:*")] == []

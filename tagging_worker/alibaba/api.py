@@ -10,7 +10,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from alibabacloud_credentials.client import Client as CredentialClient
@@ -29,8 +28,9 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from tagging_worker.alibaba.classify import FailureKind, classify, maybe_applied
-from tagging_worker.settings import Settings
+from tagging_worker.alibaba.classify import classify, maybe_applied
+from tagging_worker.alibaba.config import ApiConfig
+from tagging_worker.alibaba.results import ApiFailure, ApiResult, ApiSuccess
 
 ACTION = "UpdateOutboundCallTags"
 API_VERSION = "2025-11-27"
@@ -54,44 +54,19 @@ _TRANSPORT_CODES: tuple[tuple[type[BaseException], str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class ApiSuccess:
-    request_id: str | None
-    duration: float
-
-
-@dataclass(frozen=True)
-class ApiFailure:
-    kind: FailureKind
-    code: str
-    message: str
-    http_status: int | None
-    request_id: str | None
-    duration: float
-    retry_after: float | None = None
-    """Seconds the API asked us to wait (`x-acs-retry-after`), when it said so."""
-    maybe_applied: bool = False
-    """The request may have reached the API and been applied, now or later, though we saw a
-    failure (a timeout, a dropped connection, a 5xx): with no idempotency token, only reading
-    the call back or writing the newest tags again settles it."""
-
-
-ApiResult = ApiSuccess | ApiFailure
-
-
 class TagsApi:
     """A process-wide client; the SDK pools connections per host and is safe across threads."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._overrides = settings.error_codes
-        self._client = OpenApiClient(_sdk_config(settings))
+    def __init__(self, config: ApiConfig) -> None:
+        self._overrides = config.error_codes
+        self._client = OpenApiClient(_sdk_config(config))
         self._params = open_api_models.Params(
             style="RPC",
             version=API_VERSION,
             action=ACTION,
             method="POST",
             pathname="/",
-            protocol=settings.api_protocol.value.upper(),
+            protocol=config.protocol,
             auth_type="AK",
             req_body_type="json",
             body_type="json",
@@ -184,20 +159,20 @@ class TagsApi:
         )
 
 
-def _sdk_config(settings: Settings) -> open_api_models.Config:
+def _sdk_config(config: ApiConfig) -> open_api_models.Config:
     """Explicit keys (the seed's ACCESS_KEY_ID/SECRET) win; otherwise Alibaba's default chain."""
-    config = open_api_models.Config(
-        endpoint=settings.api_endpoint,
-        protocol=settings.api_protocol.value.upper(),
-        connect_timeout=settings.api_connect_timeout_ms,
-        read_timeout=settings.api_read_timeout_ms,
+    sdk = open_api_models.Config(
+        endpoint=config.endpoint,
+        protocol=config.protocol,
+        connect_timeout=config.connect_timeout_ms,
+        read_timeout=config.read_timeout_ms,
     )
-    if settings.access_key_id and settings.access_key_secret:
-        config.access_key_id = settings.access_key_id.get_secret_value()
-        config.access_key_secret = settings.access_key_secret.get_secret_value()
+    if config.access_key_id and config.access_key_secret:
+        sdk.access_key_id = config.access_key_id
+        sdk.access_key_secret = config.access_key_secret
     else:
-        config.credential = CredentialClient()
-    return config
+        sdk.credential = CredentialClient()
+    return sdk
 
 
 def _transport_code(exc: BaseException | None) -> str:

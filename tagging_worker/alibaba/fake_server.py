@@ -25,7 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tagging_worker.alibaba.signature import SignatureError, verify_acs3, verify_rpc_v2
+from tagging_worker.alibaba.signature import verify_acs3, verify_rpc_v2
+from tagging_worker.errors import SignatureError
 
 ACTION = "UpdateOutboundCallTags"
 VERSION = "2025-11-27"

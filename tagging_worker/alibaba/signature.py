@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from urllib.parse import quote
 
+from tagging_worker.errors import SignatureError
+
 ACS3 = "ACS3-HMAC-SHA256"
 _AUTH = re.compile(
     r"^(?P<alg>\S+)\s+Credential=(?P<ak>[^,]*),SignedHeaders=(?P<sh>[^,]*),Signature=(?P<sig>[0-9a-fA-F]+)$"
@@ -22,16 +24,6 @@ _AUTH = re.compile(
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 SecretLookup = Callable[[str], "str | None"]
-
-
-class SignatureError(Exception):
-    """A refusal as the gateway words it: Alibaba code, message and HTTP status."""
-
-    def __init__(self, code: str, message: str, http_status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.http_status = http_status
 
 
 def verify_acs3(

@@ -26,22 +26,22 @@ from tagging_worker.cli.support import (
     err,
     out,
     read_text_or_exit,
-    runtime_or_exit,
+    stores_or_exit,
 )
-from tagging_worker.event import UNPRINTABLE, InvalidEvent, validate_event
+from tagging_worker.errors import InvalidEvent, ReplayRefused
+from tagging_worker.event import UNPRINTABLE, validate_event
 from tagging_worker.produce.replay import known_version, replay_dead_letter, winning_version
-from tagging_worker.state.dead_filter import DeadFilter, last_code, parse_when
+from tagging_worker.state.dead_filter import DeadFilter, parse_when
 from tagging_worker.state.dead_letters import (
+    DamagedRecord,
+    DeadLetter,
     DeadLetterStore,
-    ReplayRefused,
     Restored,
-    damage,
     export_line,
     import_lines,
-    replay_event,
     unsendable,
 )
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 
 dead = typer.Typer(help="Inspect, fix and replay dead-lettered events.", no_args_is_help=True)
 
@@ -91,11 +91,11 @@ def dead_list(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON record per line.")] = False,
 ) -> None:
     """List dead letters, newest first (a record that breaks the schema as damaged)."""
-    store = runtime_or_exit().dead_letters
+    store = stores_or_exit().dead_letters
     where = _where(reason, code, call_id, source, since, until)
     records = store.list(where, limit=limit, offset=offset)
     if as_json:
-        _print_json(records)
+        _print_json([r.as_dict() for r in records])
         return
     if jsonl:
         _write_lines(records, _stdout())
@@ -109,15 +109,19 @@ def dead_list(
         table.add_column(column, no_wrap=True, min_width=len(column))
     table.add_column("detail")
     for r in records:
-        why = damage(r)
+        match r:
+            case DamagedRecord():
+                reason, code, made, detail = "damaged", "-", "-", r.problem
+            case DeadLetter():
+                reason, code, made, detail = r.reason.value, r.code, str(r.attempts_made), r.detail
         table.add_row(
-            _shown(r["id"]),
-            _when(r["died_at"], short=True),
-            "damaged" if why else _shown(r["reason"]),
-            "-" if why else _shown(last_code(r) or "-"),
-            _shown(r.get("call_id") or "-"),
-            "-" if why else str(_attempts_made(r)),
-            _shown(why or r["detail"]),
+            _shown(r.id),
+            _when(r.died_at, short=True),
+            _shown(reason),
+            _shown(code or "-"),
+            _shown(r.call_id or "-"),
+            made,
+            _shown(detail),
         )
     out.print(table)
 
@@ -125,54 +129,51 @@ def dead_list(
 @dead.command("show")
 def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
     """Show one dead letter with its whole attempt history (or why it is damaged)."""
-    record = runtime_or_exit().dead_letters.get(record_id)
+    record = stores_or_exit().dead_letters.get(record_id)
     if record is None:
         complain(f"tagging-worker: no dead letter {record_id}")
         raise SystemExit(1)
     if as_json:
-        _print_json(record)
+        _print_json(record.as_dict())
         return
-    why = damage(record)
-    if why:
-        out.print(_shown(f"{record['id']} damaged: {why}"))
+    if isinstance(record, DamagedRecord):
+        out.print(_shown(f"{record.id} damaged: {record.problem}"))
         out.print(
             _shown(
-                f"indexed as reason {record['reason']}, call {record['call_id']}, died "
-                f"{_when(record['died_at'])}; `dead delete` removes it, nothing replays it"
+                f"indexed as reason {record.reason}, call {record.call_id}, died "
+                f"{_when(record.died_at)}; `dead delete` removes it, nothing replays it"
             )
         )
         return
     out.print(
         Text.assemble(
-            (_clean(record["id"]), "bold"), _clean(f" {record['reason']}: {record['detail']}")
+            (_clean(record.id), "bold"), _clean(f" {record.reason.value}: {record.detail}")
         )
     )
     out.print(
         _shown(
-            f"call {record.get('call_id')}, version {record.get('version')}, source "
-            f"{record.get('source')}; first seen {_when(record.get('first_seen'))}, died "
-            f"{_when(record['died_at'])}"
+            f"call {record.call_id}, version {record.version}, source {record.source}; first "
+            f"seen {_when(record.first_seen)}, died {_when(record.died_at)}"
         )
     )
     out.print("event as received:")
-    _print_json(record["event"])
+    _print_json(record.event)
     table = Table(title="attempts")
     for column in ("#", "at", "kind", "counted", "code", "http", "request_id", "message"):
         table.add_column(column, overflow="fold")
-    kept = record["attempts"]
-    elided = _attempts_made(record) - len(kept)
-    for n, a in enumerate(kept, 1):
+    elided = record.attempts_made - len(record.attempts)
+    for n, a in enumerate(record.attempts, 1):
         if n == 2 and elided > 0:
             table.add_row("…", "", "", "", "", "", "", f"{elided} attempts in between not kept")
         table.add_row(
             str(n if n == 1 or elided <= 0 else n + elided),
-            _when(a.get("at")),
-            _shown(a.get("kind")),
-            "no" if a.get("charged") is False else "yes",
-            _shown(a.get("code")),
-            _shown(a.get("http_status")),
-            _shown(a.get("request_id")),
-            _shown(a.get("message")),
+            _when(a.at),
+            _shown(a.kind),
+            "no" if a.charged is False else "yes",
+            _shown(a.code),
+            _shown(a.http_status),
+            _shown(a.request_id),
+            _shown(a.message),
         )
     out.print(table)
 
@@ -209,7 +210,7 @@ def dead_replay(
     """Put dead letters back on the queue with a fresh attempt budget, each in one step: a
     replay stopped half way leaves every record either replayed or still dead. A damaged
     record, or one that names another queue, is refused and stays."""
-    rt = runtime_or_exit()
+    rt = stores_or_exit()
     store = rt.dead_letters
     where = _where(reason, code, call_id, source, since, until)
     if edit:
@@ -219,14 +220,14 @@ def dead_replay(
     ids = _select(store, record_ids, all_matching, where)
     if dry_run:
         found = [r for r in (store.get(i) for i in ids) if r is not None]
-        refusals = {r["id"]: _refusal(r) for r in found}
-        sent = [r for r in found if refusals[r["id"]] is None]
+        refusals = {r.id: _refusal(r) for r in found}
+        sent = [r for r in found if isinstance(r, DeadLetter) and refusals[r.id] is None]
         refused = [{"id": i, "why": why} for i, why in refusals.items() if why is not None]
         if as_json:
-            _print_json({"would_replay": [r["id"] for r in sent], "refused": refused})
+            _print_json({"would_replay": [r.id for r in sent], "refused": refused})
             return
         for r in sent:
-            out.print(_shown(f"would replay {r['id']} ({r['reason']}, call {r['call_id']})"))
+            out.print(_shown(f"would replay {r.id} ({r.reason.value}, call {r.call_id})"))
         for d in refused:
             out.print(_shown(f"would refuse {d['id']}: {d['why']}"))
         also = f", {len(refused)} would be refused" if refused else ""
@@ -262,11 +263,11 @@ def dead_replay(
     raise SystemExit(1 if done.missing or done.refused else 0)
 
 
-def _refusal(record: dict[str, Any]) -> str | None:
+def _refusal(record: DeadLetter | DamagedRecord) -> str | None:
     """Why a replay would refuse the record, as `DeadLetterStore.replay` decides it."""
-    if why := damage(record):
-        return f"damaged: {why}"
-    return unsendable(replay_event(record))
+    if isinstance(record, DamagedRecord):
+        return f"damaged: {record.problem}"
+    return unsendable(record.replay_event())
 
 
 @dataclass
@@ -278,7 +279,7 @@ class _Replayed:
 
 
 def _replay_paced(
-    rt: Runtime,
+    rt: Stores,
     store: DeadLetterStore,
     ids: Iterable[str],
     *,
@@ -288,8 +289,8 @@ def _replay_paced(
 ) -> _Replayed:
     done = _Replayed()
 
-    def win(record: dict[str, Any]) -> Any:
-        event = replay_event(record)
+    def win(record: DeadLetter) -> Any:
+        event = record.replay_event()
         if not isinstance(event, dict) or not isinstance(event.get("version"), int):
             return event
         applied = known_version(rt, record)
@@ -297,7 +298,7 @@ def _replay_paced(
         if version is None:
             return event
         done.forced.append(
-            {"id": record["id"], "from": event["version"], "to": version, "applied": applied}
+            {"id": record.id, "from": event["version"], "to": version, "applied": applied}
         )
         return {**event, "version": version}
 
@@ -318,15 +319,18 @@ def _replay_paced(
     return done
 
 
-def _replay_edited(rt: Runtime, store: DeadLetterStore, record_id: str, *, dry_run: bool) -> int:
+def _replay_edited(rt: Stores, store: DeadLetterStore, record_id: str, *, dry_run: bool) -> int:
     record = store.get(record_id)
     if record is None:
         complain(f"tagging-worker: no dead letter {record_id}")
         return 1
-    if why := damage(record):
-        complain(f"tagging-worker: dead letter {record_id} is damaged ({why}); nothing replayed")
+    if isinstance(record, DamagedRecord):
+        complain(
+            f"tagging-worker: dead letter {record_id} is damaged ({record.problem}); "
+            "nothing replayed"
+        )
         return 1
-    before = _json_text(replay_event(record), indent=2)
+    before = _json_text(record.replay_event(), indent=2)
     text = click.edit(before + "\n", extension=".json")
     if text is None or text.strip() == before.strip():
         err.print("tagging-worker: the event was not changed; nothing replayed")
@@ -336,7 +340,7 @@ def _replay_edited(rt: Runtime, store: DeadLetterStore, record_id: str, *, dry_r
             json.loads(text),
             limits=rt.settings.event_limits,
             default_version=int(time.time() * 1000),
-            default_event_id=str(record.get("event_id") or record_id),
+            default_event_id=record.event_id or record_id,
         )
     except json.JSONDecodeError as exc:
         err.print(f"tagging-worker: not JSON ({exc}); nothing replayed", markup=False)
@@ -364,7 +368,7 @@ def _replay_edited(rt: Runtime, store: DeadLetterStore, record_id: str, *, dry_r
 @dead.command("delete")
 def dead_delete(record_ids: list[str]) -> None:
     """Delete dead letters by id."""
-    store = runtime_or_exit().dead_letters
+    store = stores_or_exit().dead_letters
     missing = [rid for rid in record_ids if not store.delete(rid)]
     for rid in missing:
         err.print(f"no dead letter {rid}", markup=False)
@@ -383,7 +387,7 @@ def dead_purge(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
 ) -> None:
     """Delete every dead letter matching the filters (all of them without filters)."""
-    store = runtime_or_exit().dead_letters
+    store = stores_or_exit().dead_letters
     where = _where(reason, code, call_id, source, since, until)
     if not yes:
         what = f"the {store.count(where)} dead letters matching {where.describe()}"
@@ -404,13 +408,13 @@ def dead_export(
 ) -> None:
     """Write matching dead letters as JSON lines, whole, oldest first (nothing is removed).
     A damaged record is not written: each is named on stderr, and the exit code is 1."""
-    store = runtime_or_exit().dead_letters
+    store = stores_or_exit().dead_letters
     where = _where(reason, code, call_id, source, since, until)
-    damaged: list[dict[str, Any]] = []
+    damaged: list[DamagedRecord] = []
 
-    def whole() -> Iterator[dict[str, Any]]:
+    def whole() -> Iterator[DeadLetter]:
         for record in store.iter_records(where):
-            if damage(record):
+            if isinstance(record, DamagedRecord):
                 damaged.append(record)
             else:
                 yield record
@@ -424,7 +428,7 @@ def dead_export(
         except OSError as exc:
             bad_path(output, f"cannot write it ({exc.strerror or exc})")
     for record in damaged:
-        complain(f"not exported: {record['id']} damaged: {damage(record)}")
+        complain(f"not exported: {record.id} damaged: {record.problem}")
     err.print(f"exported {count}" + (f", left out {len(damaged)} damaged" if damaged else ""))
     raise SystemExit(1 if damaged else 0)
 
@@ -440,7 +444,7 @@ def dead_import(
     """Store exported dead letters here (same ids and times), e.g. from another environment.
     Each line must be a record as this deployment writes them; the others are named on
     stderr with their line number and reason, and the exit code is 2."""
-    store = runtime_or_exit().dead_letters
+    store = stores_or_exit().dead_letters
     imported = skipped = settled = 0
     bad: list[str] = []
     for number, record, problem in import_lines(read_text_or_exit(file), store.rules):
@@ -488,7 +492,7 @@ def _stdout() -> BinaryIO:
     return sys.stdout.buffer
 
 
-def _write_lines(records: Iterable[dict[str, Any]], stream: BinaryIO) -> int:
+def _write_lines(records: Iterable[DeadLetter | DamagedRecord], stream: BinaryIO) -> int:
     """JSON lines as `dead import` reads them: UTF-8, each ending at its only \\n."""
     count = 0
     for record in records:
@@ -522,13 +526,6 @@ def _clean(text: str) -> str:
 def _shown(value: Any) -> Text:
     """A value from a record as a table cell or line: never markup, always printable."""
     return Text(_clean(str(value)))
-
-
-def _attempts_made(record: dict[str, Any]) -> int:
-    """All attempts the event made; a record keeps only the first and the latest ones."""
-    counts = record.get("attempt_counts")
-    made = counts.get("attempts_made") if isinstance(counts, dict) else None
-    return made if isinstance(made, int) else len(record["attempts"])
 
 
 def _when(ts: float | None, *, short: bool = False) -> str:

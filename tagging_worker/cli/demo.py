@@ -25,7 +25,8 @@ from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.produce.replay import replay_dead_letter
 from tagging_worker.settings import load_settings
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 
 NAMESPACE = "tagging-demo"
 DEMO_KEY_ID, DEMO_KEY_SECRET = "demo-access-key-id", "demo-access-key-secret"
@@ -39,7 +40,7 @@ def run_demo(out: Console, *, sample_count: int, namespace: str = NAMESPACE) -> 
         return 1
     with FakeAlibabaApi(credentials={DEMO_KEY_ID: DEMO_KEY_SECRET}) as api:
         env = _worker_env(broker, api.endpoint, namespace)
-        rt = Runtime(load_settings(broker_url=broker, queue=namespace, key_prefix=namespace))
+        rt = Stores.connect(load_settings(broker_url=broker, queue=namespace, key_prefix=namespace))
         _forget_previous_run(rt)
         out.rule("tagging-worker demo")
         out.print(f"fake Alibaba Cloud API on http://{api.endpoint}; Redis at {broker}")
@@ -52,7 +53,7 @@ def run_demo(out: Console, *, sample_count: int, namespace: str = NAMESPACE) -> 
                 worker.wait(30)
 
 
-def _story(out: Console, rt: Runtime, api: FakeAlibabaApi, sample_count: int) -> int:
+def _story(out: Console, rt: Stores, api: FakeAlibabaApi, sample_count: int) -> int:
     api.add_fault("throttle", call_id=THROTTLED, times=1, retry_after_ms=300)
     api.add_fault(
         "error",
@@ -80,13 +81,14 @@ def _story(out: Console, rt: Runtime, api: FakeAlibabaApi, sample_count: int) ->
         out.print("[red]the worker did not finish in time[/]")
         return 1
     _show_calls(out, api, events, "after the first pass")
-    dead = rt.dead_letters.list()
+    # The demo's worker wrote these moments ago under the demo's own prefix: none is damaged.
+    dead = [r for r in rt.dead_letters.list() if isinstance(r, DeadLetter)]
     for record in dead:
-        last = record["attempts"][-1] if record["attempts"] else {}
+        last = record.attempts[-1] if record.attempts else None
         out.print(
-            f"[yellow]dead letter[/] {record['id']}: {record['reason']} "
-            f"call_id={record['call_id']} code={last.get('code')} "
-            f"request_id={last.get('request_id')}",
+            f"[yellow]dead letter[/] {record.id}: {record.reason.value} "
+            f"call_id={record.call_id} code={record.code} "
+            f"request_id={None if last is None else last.request_id}",
             highlight=False,
         )
     if not dead:
@@ -94,7 +96,7 @@ def _story(out: Console, rt: Runtime, api: FakeAlibabaApi, sample_count: int) ->
     out.print("the operator fixes the cause (the API now accepts the tag) and replays:")
     api.clear_faults()
     for record in dead:
-        replay_dead_letter(rt, record["id"])
+        replay_dead_letter(rt, record.id)
     applied_before = rt.outcomes.snapshot()["applied"]
     if not _wait(rt, lambda c: c["applied"] >= applied_before + len(dead)):
         out.print("[red]the replay did not finish in time[/]")
@@ -123,7 +125,7 @@ def _show_calls(out: Console, api: FakeAlibabaApi, events: list[dict], title: st
     out.print(table)
 
 
-def _wait(rt: Runtime, done: Callable[[dict[str, int]], bool], timeout: float = 60.0) -> bool:
+def _wait(rt: Stores, done: Callable[[dict[str, int]], bool], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if done(rt.outcomes.snapshot()):
@@ -159,7 +161,7 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
         )
 
 
-def _forget_previous_run(rt: Runtime) -> None:
+def _forget_previous_run(rt: Stores) -> None:
     """Only the demo's own keys: its prefix and its queue."""
     doomed = [*rt.redis.scan_iter(f"{rt.settings.key_prefix}*", count=1000)]
     if doomed:

@@ -16,17 +16,21 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from tagging_worker.alibaba.fake_server import run
 from tagging_worker.cli.dead import dead
+from tagging_worker.cli.demo import run_demo
 from tagging_worker.cli.support import (
     JsonFlag,
     bad_input,
     err,
     out,
     read_text_or_exit,
-    runtime_or_exit,
     settings_or_exit,
+    stores_or_exit,
 )
-from tagging_worker.event import InvalidEvent
+from tagging_worker.errors import InvalidEvent
+from tagging_worker.ops.doctor import run_doctor
+from tagging_worker.ops.status import gather, live_workers
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import Pool
 
@@ -57,7 +61,7 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
 ) -> None:
     """Run a Celery worker on the tagging queue."""
-    from tagging_worker.worker.app import create_app
+    from tagging_worker.worker.app import create_app  # lazy: only `worker` loads Celery's worker
 
     settings = settings_or_exit()
     chosen = {"worker_pool": pool, "worker_concurrency": concurrency}
@@ -142,9 +146,7 @@ def status(
     ] = True,
 ) -> None:
     """Queue, retries, dead letters, outcomes and rates, the API's pace and circuit, workers."""
-    from tagging_worker.ops.status import gather, live_workers
-
-    rt = runtime_or_exit()
+    rt = stores_or_exit()
 
     def snapshot() -> dict[str, Any]:
         found = gather(rt)
@@ -215,8 +217,6 @@ def fake_api(
     verbose: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the bundled fake Alibaba Cloud API (signature checks, fault injection)."""
-    from tagging_worker.alibaba.fake_server import run
-
     run(host, port, access_key_id, access_key_secret, latency_ms, clock_check, verbose)
 
 
@@ -229,14 +229,10 @@ def demo(
     ] = "tagging-demo",
 ) -> None:
     """Run the whole pipeline locally: Redis, the fake API, a worker, sample events."""
-    from tagging_worker.cli.demo import run_demo
-
     raise SystemExit(run_demo(out, sample_count=events, namespace=namespace))
 
 
 @cli.command()
 def doctor() -> None:
     """Check settings, Redis, credentials and the API endpoint; say what is wrong."""
-    from tagging_worker.ops.doctor import run_doctor
-
     raise SystemExit(run_doctor(out))

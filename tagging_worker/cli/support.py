@@ -1,20 +1,17 @@
-"""Start-up helpers shared by the console command and `celery -A tagging_worker`."""
+"""What every command needs: settings and stores or one line and exit 2, and the consoles."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
-from celery import Celery
 from rich.console import Console
 
-from tagging_worker.settings import Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from tagging_worker.state.stores import Runtime
+from tagging_worker.errors import SettingsError
+from tagging_worker.settings import Settings, load_settings
+from tagging_worker.state.stores import Stores
 
 out = Console()
 err = Console(stderr=True)
@@ -30,17 +27,8 @@ def settings_or_exit() -> Settings:
         bad_input(str(exc))
 
 
-def runtime_or_exit() -> Runtime:
-    from tagging_worker.state.stores import Runtime
-
-    return Runtime(settings_or_exit())
-
-
-@functools.cache
-def app_or_exit() -> Celery:
-    from tagging_worker.worker.app import create_app
-
-    return create_app(settings_or_exit())
+def stores_or_exit() -> Stores:
+    return Stores.connect(settings_or_exit())
 
 
 def complain(line: str) -> None:

@@ -9,15 +9,16 @@ from collections.abc import Callable
 import redis
 from rich.console import Console
 
-from tagging_worker.settings import Settings, SettingsError, load_settings
+from tagging_worker.errors import SettingsError, TaggingWorkerError
+from tagging_worker.settings import Settings, load_settings
 from tagging_worker.state.connection import connect
 
 Check = Callable[[Settings], str]
-"""Returns what it found; raises `Problem` with advice when something is wrong."""
+"""Returns what it found; raises `CheckFailed` with advice when something is wrong."""
 
 
-class Problem(Exception):
-    pass
+class CheckFailed(TaggingWorkerError):
+    """What a check found wrong, with advice: one line of the report."""
 
 
 def run_doctor(out: Console) -> int:
@@ -31,7 +32,7 @@ def run_doctor(out: Console) -> int:
     for name, check in CHECKS:
         try:
             found = check(settings)
-        except Problem as exc:
+        except CheckFailed as exc:
             failures += 1
             out.print(f"[red]FAIL[/] {name}: {exc}", highlight=False)
         else:
@@ -46,7 +47,7 @@ def _redis(url: str, what: str, sentinel_master: str | None) -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise Problem(
+        raise CheckFailed(
             f"cannot reach {what} at {_without_password(url)} ({exc}); is Redis running, "
             "and is the URL (host, port, password, db) right?"
         ) from None
@@ -65,7 +66,7 @@ def check_credentials(settings: Settings) -> str:
     if settings.access_key_id and settings.access_key_secret:
         return "access key from ACCESS_KEY_ID/ACCESS_KEY_SECRET (or TAGGING_ variants)"
     if settings.access_key_id or settings.access_key_secret:
-        raise Problem("only one of ACCESS_KEY_ID / ACCESS_KEY_SECRET is set; set both")
+        raise CheckFailed("only one of ACCESS_KEY_ID / ACCESS_KEY_SECRET is set; set both")
     if os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID") and os.environ.get(
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
     ):
@@ -78,7 +79,7 @@ def check_credentials(settings: Settings) -> str:
     ):
         if os.environ.get(variable):
             return f"Alibaba Cloud default chain ({variable} is set)"
-    raise Problem(
+    raise CheckFailed(
         "no credentials found: set ACCESS_KEY_ID and ACCESS_KEY_SECRET (or "
         "ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET), or configure a RAM role (ALIBABA_CLOUD_ROLE_ARN, "
         "ALIBABA_CLOUD_ECS_METADATA)"
@@ -96,7 +97,7 @@ def check_endpoint(settings: Settings) -> str:
         with socket.create_connection((host, port), timeout=settings.api_connect_timeout_ms / 1000):
             pass
     except OSError as exc:
-        raise Problem(
+        raise CheckFailed(
             f"cannot connect to {host}:{port} ({exc}); check TAGGING_API_ENDPOINT, "
             "TAGGING_API_PROTOCOL, DNS and any firewall or proxy"
         ) from None

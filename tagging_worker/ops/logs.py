@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from enum import Enum
 from typing import TextIO
 
 import structlog
 
-
-class LogFormat(str, Enum):
-    AUTO = "auto"
-    """Text when writing to a terminal, JSON otherwise."""
-    JSON = "json"
-    TEXT = "text"
+from tagging_worker.settings import LogFormat
 
 
 def configure(level: str | int, fmt: LogFormat, stream: TextIO | None = None) -> None:

@@ -3,8 +3,7 @@
 Counters come from every worker process through prometheus-client's multiprocess files;
 what lives in Redis (queue depth, delayed retries, stored dead letters, the API's pace and
 circuit) is read at scrape time and is the same whichever worker is scraped: aggregate those
-with max(), not sum(). prometheus-client is imported lazily here: it picks its storage when
-first imported, after `prepare_multiprocess_dir`.
+with max(), not sum().
 """
 
 from __future__ import annotations
@@ -14,20 +13,25 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.core import Metric
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-    from tagging_worker.ops.health import Health
-    from tagging_worker.state.stores import Runtime
+from tagging_worker.ops.health import Health
+from tagging_worker.ops.status import gather
+from tagging_worker.state.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +39,23 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def prepare_multiprocess_dir() -> None:
-    """An operator's directory (a Kubernetes emptyDir, say) is emptied of old runs' files;
-    without one, a private temporary directory is made and removed at exit."""
-    if "prometheus_client" in sys.modules and MULTIPROC_ENV not in os.environ:
-        log.warning("prometheus-client was imported too early: /metrics will miss counters")
+    """Before the metrics are made (`create_app`). An operator's directory (a Kubernetes
+    emptyDir, say) is emptied of old runs' files; without one, a private temporary directory
+    is made and removed at exit. prometheus-client picks how it keeps values when first
+    imported, which may have been before the directory was set (Flower imports it, say):
+    then it is switched to the multiprocess files here, so import order does not matter."""
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):
             stale.unlink(missing_ok=True)
-        return
-    made = tempfile.mkdtemp(prefix="tagging-worker-metrics-")
-    os.environ[MULTIPROC_ENV] = made
-    owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(made, ignore_errors=True))
+    else:
+        made = tempfile.mkdtemp(prefix="tagging-worker-metrics-")
+        os.environ[MULTIPROC_ENV] = made
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(made, ignore_errors=True))
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
 
 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -57,14 +64,10 @@ CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 class RedisCollector:
     """The shared state, read from Redis at each scrape."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Stores) -> None:
         self._rt = rt
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from tagging_worker.ops.status import gather
-
         try:
             snapshot = gather(self._rt)
         except Exception as exc:  # a scrape must answer, even when Redis does not
@@ -107,9 +110,7 @@ class RedisCollector:
         )
 
 
-def registry_for(rt: Runtime) -> CollectorRegistry:
-    from prometheus_client import CollectorRegistry, multiprocess
-
+def registry_for(rt: Stores) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(RedisCollector(rt))  # type: ignore[arg-type]
@@ -141,8 +142,6 @@ class MonitoringServer:
 
 
 def _handler(registry: CollectorRegistry, health: Callable[[], Health]) -> type:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -1,10 +1,10 @@
 """Sentry, when `SENTRY_DSN` is set: one issue per cause, never a secret.
 
-Dead letters are grouped by reason and error code (10,000 events dead for one cause are one
-issue, with a count), a circuit that opens is one issue per cause, and transient trouble is
-kept as breadcrumbs. Log records become breadcrumbs too, never events of their own.
-Everything sent is scrubbed of the access key, its secret and the security token, by value
-wherever they appear and by key name.
+Reports reach it through the hook `send_report` (`reports.py`). Dead letters are grouped by
+reason and error code (10,000 events dead for one cause are one issue, with a count), a
+circuit that opens is one issue per cause, and transient trouble is kept as breadcrumbs. Log
+records become breadcrumbs too, never events of their own. Everything sent is scrubbed of the
+access key, its secret and the security token, by value wherever they appear and by key name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import sentry_sdk
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
+from tagging_worker.alibaba.results import ApiFailure
+from tagging_worker.ops.reports import CircuitChanged, Dead, RepairFailed, Report, Retrying
 from tagging_worker.settings import Settings
+from tagging_worker.state.flow import Transition
 
 FILTERED = "[Filtered]"
 SECRET_ENV = (
@@ -52,36 +55,61 @@ def init(settings: Settings) -> bool:
     return True
 
 
-def dead_letter(record_id: str, call_id: object, reason: str, code: str, detail: str) -> None:
+def send_report(record: Report) -> None:
+    """The Sentry hook: an issue for what an operator must act on, a breadcrumb for a retry."""
+    match record:
+        case Dead():
+            reason, code = record.reason.value, record.code or record.reason.value
+            _capture(
+                f"dead letter: {reason} ({code})",
+                ["dead-letter", reason, code],
+                tags={"reason": reason, "error_code": code},
+                extras={
+                    "dead_letter_id": record.event_id,
+                    "call_id": record.call_id,
+                    "detail": record.detail,
+                },
+            )
+        case RepairFailed(failure=failure):
+            _capture(
+                f"repair refused: {failure.code}",
+                ["repair-failed", failure.code],
+                tags={"error_code": failure.code},
+                extras={"call_id": record.call_id, "detail": failure.message},
+            )
+        case CircuitChanged(result=ApiFailure() as failure) if (
+            record.verdict.transition is Transition.OPENED
+        ):
+            kind = record.verdict.kind
+            _capture(
+                f"API calls stopped ({kind}): {failure.code}: {failure.message}",
+                ["circuit-open", kind, failure.code],
+                tags={"circuit_kind": kind, "error_code": failure.code},
+            )
+        case Retrying(failure=failure):
+            sentry_sdk.add_breadcrumb(
+                category="tagging",
+                message=f"retrying {record.event_id}: {failure.code}",
+                level="warning",
+                data={"call_id": record.call_id, "request_id": failure.request_id},
+            )
+
+
+def _capture(
+    message: str,
+    fingerprint: list[str],
+    *,
+    tags: dict[str, str],
+    extras: dict[str, Any] | None = None,
+) -> None:
+    """One error event, grouped by `fingerprint` rather than by where it was raised."""
     with sentry_sdk.new_scope() as scope:
-        scope.fingerprint = ["dead-letter", reason, code]
-        scope.set_tag("reason", reason)
-        scope.set_tag("error_code", code)
-        scope.set_extra("dead_letter_id", record_id)
-        scope.set_extra("call_id", call_id)
-        scope.set_extra("detail", detail)
-        sentry_sdk.capture_message(f"dead letter: {reason} ({code})", level="error")
-
-
-def repair_failed(call_id: str, code: str, message: str) -> None:
-    with sentry_sdk.new_scope() as scope:
-        scope.fingerprint = ["repair-failed", code]
-        scope.set_tag("error_code", code)
-        scope.set_extra("call_id", call_id)
-        scope.set_extra("detail", message)
-        sentry_sdk.capture_message(f"repair refused: {code}", level="error")
-
-
-def circuit_opened(kind: str, code: str, message: str) -> None:
-    with sentry_sdk.new_scope() as scope:
-        scope.fingerprint = ["circuit-open", kind, code]
-        scope.set_tag("circuit_kind", kind)
-        scope.set_tag("error_code", code)
-        sentry_sdk.capture_message(f"API calls stopped ({kind}): {code}: {message}", level="error")
-
-
-def breadcrumb(message: str, **data: Any) -> None:
-    sentry_sdk.add_breadcrumb(category="tagging", message=message, level="warning", data=data)
+        scope.fingerprint = fingerprint
+        for key, value in tags.items():
+            scope.set_tag(key, value)
+        for key, value in (extras or {}).items():
+            scope.set_extra(key, value)
+        sentry_sdk.capture_message(message, level="error")
 
 
 def _secret_values(settings: Settings) -> list[str]:

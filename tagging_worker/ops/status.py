@@ -6,11 +6,12 @@ from typing import Any
 
 from celery import Celery
 
-from tagging_worker.state.stores import Runtime
-from tagging_worker.worker.reliable_fetch import held_messages
+from tagging_worker.state.connection import broker_transport_options
+from tagging_worker.state.fetch import held_messages
+from tagging_worker.state.stores import Stores
 
 
-def gather(rt: Runtime) -> dict[str, Any]:
+def gather(rt: Stores) -> dict[str, Any]:
     """Counts are read one after another, not in one transaction: a busy system moves
     between them, which is fine for a view. Redis only: metrics scrapes use it too.
 
@@ -39,11 +40,9 @@ def gather(rt: Runtime) -> dict[str, Any]:
     }
 
 
-def live_workers(rt: Runtime, *, timeout: float = 1.0) -> list[dict[str, Any]]:
+def live_workers(rt: Stores, *, timeout: float = 1.0) -> list[dict[str, Any]]:
     """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
     now (paused by the open circuit)."""
-    from tagging_worker.worker.app import broker_transport_options
-
     control = Celery(
         broker=rt.settings.broker_url,
         broker_transport_options=broker_transport_options(rt.settings),

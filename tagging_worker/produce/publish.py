@@ -17,17 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tagging_worker.event import (
-    EventLimits,
-    InvalidEvent,
-    TagUpdate,
-    require_object,
-    validate_event,
-)
+from tagging_worker.errors import InvalidEvent
+from tagging_worker.event import EventLimits, TagUpdate, require_object, validate_event
 from tagging_worker.messages import build_task_message
 from tagging_worker.settings import Settings, load_settings
 from tagging_worker.state.ordering import Ordering
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.stores import Stores
 
 
 class Publisher:
@@ -37,7 +32,7 @@ class Publisher:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
-        return cls(Runtime(settings).ordering, limits=settings.event_limits)
+        return cls(Stores.connect(settings).ordering, limits=settings.event_limits)
 
     def publish(self, event: Mapping[str, Any], *, validate: bool = True) -> str:
         """Queue one event; returns its `event_id`.

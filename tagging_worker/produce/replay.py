@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tagging_worker.errors import ReplayConflict
 from tagging_worker.messages import build_task_message
-from tagging_worker.state.dead_letters import ReplayConflict
-from tagging_worker.state.stores import Runtime
+from tagging_worker.state.dead_letters import DeadLetter
+from tagging_worker.state.stores import Stores
 
 
 def replay_dead_letter(
-    rt: Runtime, record_id: str, *, revise: Callable[[dict[str, Any]], Any] | None = None
+    rt: Stores, record_id: str, *, revise: Callable[[DeadLetter], Any] | None = None
 ) -> bool:
     """Move one record back onto the queue with a fresh attempt budget, as it was or as
     `revise(record)` makes it.
@@ -31,16 +32,15 @@ def replay_dead_letter(
         return False
 
 
-def known_version(rt: Runtime, record: dict[str, Any]) -> int | None:
+def known_version(rt: Stores, record: DeadLetter) -> int | None:
     """The newest version the record's call is known to have applied: what Redis holds, or
     what the record saw when the event died, whichever is higher (Redis may have forgotten,
     or the record may come from another environment)."""
-    call_id = record.get("call_id")
     seen = [
-        rt.ordering.applied_version(call_id) if isinstance(call_id, str) else None,
-        record.get("applied_version"),
+        None if record.call_id is None else rt.ordering.applied_version(record.call_id),
+        record.applied_version,
     ]
-    known = [v for v in seen if isinstance(v, int) and not isinstance(v, bool)]
+    known = [v for v in seen if v is not None]
     return max(known) if known else None
 
 

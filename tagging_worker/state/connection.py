@@ -14,6 +14,9 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.sentinel import Sentinel
 
+from tagging_worker.settings import Settings
+from tagging_worker.state.keys import Keys
+
 
 def is_sentinel(url: str) -> bool:
     return url.startswith("sentinel://")
@@ -44,3 +47,26 @@ def connect(url: str, *, sentinel_master: str | None, **options: Any) -> redis.R
         raise ValueError("a sentinel:// broker URL needs TAGGING_REDIS_SENTINEL_MASTER")
     nodes, master = sentinel_nodes(url)
     return Sentinel(nodes, **options).master_for(sentinel_master, **master, **options)
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """For every connection to the broker: the worker's, and `status` asking the workers."""
+    return {
+        **(
+            {"master_name": settings.redis_sentinel_master}
+            if settings.redis_sentinel_master
+            else {}
+        ),
+        # Task messages are held per consumer (reliable_fetch): a worker that stops renewing
+        # its deadline for this long is dead, and its messages go back on the queue.
+        "fetch_key_prefix": Keys(settings.key_prefix).fetch,
+        "fetch_heartbeat_ttl": settings.fetch_heartbeat_ttl_seconds,
+        "fetch_max_crashes": settings.poison_after_crashes,
+        # kombu's own restore, for what still enters its unacked hash: messages taken by
+        # workers of an earlier version during a rolling upgrade, and `basic_get`. Longer than
+        # any task runs; should it run out early, the per-call lease and the event's fate keep
+        # the second delivery harmless. kombu looks only every ~100 s by default.
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 5)),
+        "unacked_restore_throttle": 1,
+    }

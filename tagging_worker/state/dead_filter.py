@@ -1,12 +1,18 @@
-"""Which dead letters an operator means (pure): the filters of `dead list/replay/purge/export`."""
+"""Which dead letters an operator means (pure): the filters of `dead list/replay/purge/export`.
+
+It reads a record by the attributes a `DeadLetter` and a `DamagedRecord` share, so it names
+those types in annotations only: the store that defines them imports this module.
+"""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tagging_worker.state.dead_letters import DamagedRecord, DeadLetter
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -30,15 +36,6 @@ def parse_when(text: str, *, now: float) -> float:
     return moment.timestamp()
 
 
-def last_code(record: dict[str, Any]) -> str | None:
-    """The error code a record died of: its last attempt's (None: it never reached the API).
-    Never raises: the store also indexes records nobody checked (a restore), by this code."""
-    attempts = record.get("attempts")
-    last = attempts[-1] if isinstance(attempts, list) and attempts else None
-    code = last.get("code") if isinstance(last, dict) else None
-    return code if isinstance(code, str) else None
-
-
 @dataclass(frozen=True)
 class DeadFilter:
     reason: str | None = None
@@ -54,17 +51,17 @@ class DeadFilter:
     def empty(self) -> bool:
         return all(value is None for value in vars(self).values())
 
-    def matches(self, record: dict[str, Any]) -> bool:
-        """A record without a usable time of death matches no time filter."""
-        died = record.get("died_at")
-        known = isinstance(died, (int, float)) and math.isfinite(died)
+    def matches(self, record: DeadLetter | DamagedRecord) -> bool:
+        """A damaged record is known by its indexes only: it matches no filter on code or
+        source, and no time filter when its time of death is unknown."""
+        died = record.died_at
         return (
-            (self.reason is None or record.get("reason") == self.reason)
-            and (self.code is None or last_code(record) == self.code)
-            and (self.call_id is None or record.get("call_id") == self.call_id)
-            and (self.source is None or record.get("source") == self.source)
-            and (self.since is None or (known and died >= self.since))
-            and (self.until is None or (known and died < self.until))
+            (self.reason is None or record.reason == self.reason)
+            and (self.code is None or record.code == self.code)
+            and (self.call_id is None or record.call_id == self.call_id)
+            and (self.source is None or record.source == self.source)
+            and (self.since is None or (died is not None and died >= self.since))
+            and (self.until is None or (died is not None and died < self.until))
         )
 
     def describe(self) -> str:

@@ -8,6 +8,10 @@ is never both on the queue and in the store, nor in neither.
 What a record may hold is one schema (`record_problem`): `prepare` only writes records that pass
 it, `dead import` refuses lines that do not, and a stored record that does not (written by hand
 or by an older version) is read as damaged, shown as such and never replayed.
+
+So nobody probes a record's JSON: `read_record` checks it against the schema once and makes it
+a typed `DeadLetter`, whose `as_dict` is the one JSON form (stored, exported, shown); a stored
+record that fails is read as a `DamagedRecord`, which holds only what the indexes know.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import redis
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from tagging_worker.errors import ReplayConflict, ReplayRefused
 from tagging_worker.event import (
     MAX_CALL_ID_LENGTH,
     MAX_EVENT_ID_LENGTH,
@@ -31,126 +36,14 @@ from tagging_worker.event import (
     MAX_VERSION,
 )
 from tagging_worker.plain_json import SURROGATE
-from tagging_worker.state.dead_filter import DeadFilter, last_code
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state import scripts
+from tagging_worker.state.dead_filter import DeadFilter
 from tagging_worker.state.keys import Keys
+from tagging_worker.state.scripts import call_asking
 
 if TYPE_CHECKING:
     from tagging_worker.settings import Settings
-
-# Every record is indexed by time of death (all), reason, call and, when it has one, the
-# error code it died of; each script keeps all four right.
-
-# Stores a new record (an existing one is left as it is: a second death of the same event is
-# refused by its fate before this runs). Used by the scripts that record an event's fate.
-STORE_RECORD = """
-local function store_record(all, record, by_reason, by_call, by_code, id, json, reason, call,
-                            code, died_at)
-  if redis.call('EXISTS', record) == 1 then return end
-  redis.call('HSET', record, 'json', json, 'reason', reason, 'call_id', call, 'code', code)
-  redis.call('ZADD', all, died_at, id)
-  redis.call('ZADD', by_reason, died_at, id)
-  redis.call('ZADD', by_call, died_at, id)
-  if code ~= '' then redis.call('ZADD', by_code, died_at, id) end
-end
-"""
-
-_UNINDEX = """
-local function unindex(prefix, id, reason, call, code)
-  if reason then redis.call('ZREM', prefix .. ':dead:reason:' .. reason, id) end
-  if call then redis.call('ZREM', prefix .. ':dead:call:' .. call, id) end
-  if code and code ~= '' then redis.call('ZREM', prefix .. ':dead:code:' .. code, id) end
-end
-"""
-
-_TRIM = """
-local function trim(all, prefix, max)
-  local trimmed = 0
-  local excess = redis.call('ZCARD', all) - tonumber(max)
-  if excess <= 0 then return 0 end
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do
-    local rec = prefix .. ':dead:rec:' .. id
-    local f = redis.call('HMGET', rec, 'reason', 'call_id', 'code')
-    redis.call('ZREM', all, id)
-    unindex(prefix, id, f[1], f[2], f[3])
-    redis.call('DEL', rec)
-    trimmed = trimmed + 1
-  end
-  return trimmed
-end
-"""
-
-# KEYS: all; ARGV: max, prefix
-_TRIM_OLDEST = _UNINDEX + _TRIM + "return trim(KEYS[1], ARGV[2], ARGV[1])"
-
-# KEYS: all, record, fate, outcomes, applied, tags
-# ARGV: id, json, reason, call_id, code ('' for none), died_at_ms, max, prefix, keep ('1':
-#       leave an existing record alone and return -1), fate_ttl
-# An event whose fate here is other than dead is refused (-2): it was replayed and finished
-# since the record was exported. Otherwise the event's fate becomes dead if it had none, so the
-# counters count it once and a replay gives the fate back, and its call's version is kept as
-# long as the record.
-_ADD = (
-    _UNINDEX
-    + _TRIM
-    + """
-local prefix = ARGV[8]
-if ARGV[9] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local fate = redis.call('GET', KEYS[3])
-if fate and fate ~= 'dead' then return -2 end
-if not fate then
-  redis.call('SET', KEYS[3], 'dead', 'EX', ARGV[10])
-  redis.call('HINCRBY', KEYS[4], 'dead', 1)
-end
-local old = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'code')
-unindex(prefix, ARGV[1], old[1], old[2], old[3])
-redis.call('HSET', KEYS[2], 'json', ARGV[2], 'reason', ARGV[3], 'call_id', ARGV[4], 'code', ARGV[5])
-redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
-redis.call('ZADD', prefix .. ':dead:reason:' .. ARGV[3], ARGV[6], ARGV[1])
-redis.call('ZADD', prefix .. ':dead:call:' .. ARGV[4], ARGV[6], ARGV[1])
-if ARGV[5] ~= '' then redis.call('ZADD', prefix .. ':dead:code:' .. ARGV[5], ARGV[6], ARGV[1]) end
-redis.call('PERSIST', KEYS[5])
-redis.call('PERSIST', KEYS[6])
-return trim(KEYS[1], prefix, ARGV[7])
-"""
-)
-
-# KEYS: all, record, fate, outcomes, pending, applied, tags, dead by call (the call's keys ''
-#       when the record has no call)
-# ARGV: id, prefix, queue ('' to only delete), message, expected json, event_id, version, the
-#       call's version when the event died ('' when unknown), ttl
-# A replay also gives the event its ledger entry back (it is no longer dead) and registers its
-# version as pending, as publishing does. The call's version is brought back up to what it was
-# when the event died, should Redis have forgotten it (the tags it wrote are unknown then, so
-# the tags of a lower version are dropped: a repair must not write them), and expires again
-# once the call has no dead letter left.
-_TAKE = (
-    _UNINDEX
-    + """
-local f = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'json', 'code')
-if not f[3] then return 0 end
-if ARGV[5] ~= '' and f[3] ~= ARGV[5] then return -1 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-unindex(ARGV[2], ARGV[1], f[1], f[2], f[4])
-redis.call('DEL', KEYS[2])
-if KEYS[6] ~= '' then
-  if ARGV[8] ~= '' and tonumber(redis.call('GET', KEYS[6]) or '-1') < tonumber(ARGV[8]) then
-    redis.call('SET', KEYS[6], ARGV[8])
-    redis.call('DEL', KEYS[7])
-  end
-  if redis.call('EXISTS', KEYS[8]) == 0 then
-    redis.call('EXPIRE', KEYS[6], ARGV[9])
-    redis.call('EXPIRE', KEYS[7], ARGV[9])
-  end
-end
-if ARGV[3] == '' then return 1 end
-if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
-redis.call('HINCRBY', KEYS[4], 'replayed', 1)
-if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
-redis.call('LPUSH', ARGV[3], ARGV[4])
-return 1
-"""
-)
-
 
 MAX_DETAIL_CHARS = 2_000
 """A detail is an error message: longer ones are clipped when a record is made."""
@@ -159,7 +52,8 @@ MAX_TIME = 253_402_300_799.0
 _LINE_SLACK = 1 << 20
 """Room in an exported line for everything but the event and the validated event (clipped
 attempts, detail and ids take far less)."""
-_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_INDEXED = ("reason", "call_id", "code")
+"""The fields of a record's hash that name its indexes (besides all)."""
 
 
 @dataclass(frozen=True)
@@ -196,12 +90,6 @@ def _key_safe(text: str) -> str:
     return text
 
 
-def _reason(text: str) -> str:
-    if not _REASON.fullmatch(text):
-        raise PydanticCustomError("reason", "is not a reason (lower case letters, digits, _)")
-    return text
-
-
 _Time = Annotated[float, Field(ge=0, le=MAX_TIME)]
 """A time of death, which the store sets; the times a message carries (first seen, attempts)
 are only finite: a producer may send any."""
@@ -235,7 +123,8 @@ class _RecordSchema(_Schema):
     """The fields `prepare` writes; those an older version did not write may be missing."""
 
     id: Annotated[str, _text(), AfterValidator(_key_safe)]
-    reason: Annotated[str, AfterValidator(_reason)]
+    reason: Annotated[DeadReason, Field(strict=False)]
+    """Lax: JSON holds the value, which only lax mode turns into the enum."""
     detail: Annotated[str, _text(most=MAX_DETAIL_CHARS, least=0)]
     call_id: Annotated[str, _text(most=MAX_CALL_ID_LENGTH), AfterValidator(_key_safe)] | None = None
     event_id: Annotated[str, _text(most=MAX_EVENT_ID_LENGTH)] | None = None
@@ -255,22 +144,53 @@ class _RecordSchema(_Schema):
     key_prefix: str | None = None
 
 
-def record_problem(record: Any, rules: RecordRules) -> str | None:
-    """Why `record` cannot be stored or replayed here, in one line; None when it can."""
-    if not isinstance(record, dict):
-        return f"not a JSON object but {_JSON_TYPES.get(type(record), type(record).__name__)}"
+def read_record(value: Any, rules: RecordRules) -> DeadLetter | str:
+    """The one way a record is read: `value` (decoded JSON) as a typed record, or why it
+    cannot be stored or replayed here, in one line."""
+    if not isinstance(value, dict):
+        return f"not a JSON object but {_JSON_TYPES.get(type(value), type(value).__name__)}"
     try:
-        _RecordSchema.model_validate(record)
+        record = _RecordSchema.model_validate(value)
     except ValidationError as exc:
         return _one_line(exc)
-    for name, ours in (("queue", rules.queue), ("key_prefix", rules.key_prefix)):
-        theirs = record.get(name)
+    for name, ours, theirs in (
+        ("queue", rules.queue, record.queue),
+        ("key_prefix", rules.key_prefix, record.key_prefix),
+    ):
         if ours is not None and theirs is not None and theirs != ours:
             return f"{name}: names {theirs[:100]!a}, not this deployment's {ours!r}"
-    for name in ("event", "normalized"):
-        if problem := _kept_problem(record.get(name), rules.max_raw_bytes):
+    for name, kept in (("event", record.event), ("normalized", record.normalized)):
+        if problem := _kept_problem(kept, rules.max_raw_bytes):
             return f"{name}: {problem}"
-    return None
+    return DeadLetter(
+        id=record.id,
+        reason=record.reason,
+        detail=record.detail,
+        call_id=record.call_id,
+        event_id=record.event_id,
+        version=record.version,
+        source=record.source,
+        event=record.event,
+        normalized=record.normalized,
+        attempts=tuple(Attempt(**a.model_dump()) for a in record.attempts),
+        attempt_counts=(
+            None
+            if record.attempt_counts is None
+            else AttemptCounts(**record.attempt_counts.model_dump())
+        ),
+        first_seen=record.first_seen,
+        died_at=record.died_at,
+        task_id=record.task_id,
+        applied_version=record.applied_version,
+        queue=record.queue,
+        key_prefix=record.key_prefix,
+    )
+
+
+def record_problem(value: Any, rules: RecordRules) -> str | None:
+    """Why `value` cannot be stored or replayed here, in one line; None when it can."""
+    read = read_record(value, rules)
+    return read if isinstance(read, str) else None
 
 
 def _kept_problem(value: Any, limit: int | None) -> str | None:
@@ -313,6 +233,7 @@ _SAID = {
     "missing": "is missing",
     "extra_forbidden": "is no field of a dead letter",
     "model_type": "should be an object",
+    "enum": "is not one this version knows",
 }
 """pydantic's words where they would name our classes or read oddly in a report."""
 
@@ -334,14 +255,14 @@ def _loc(part: str | int) -> str:
     return ascii(part[:40])
 
 
-def export_line(record: dict[str, Any]) -> str:
-    """One line of an export; `import_lines` reads it back."""
-    return _dumps(record) + "\n"
+def export_line(record: DeadLetter | DamagedRecord) -> str:
+    """One line of an export (or of `dead list --jsonl`); `import_lines` reads a whole one back."""
+    return _dumps(record.as_dict()) + "\n"
 
 
 def import_lines(
     text: str, rules: RecordRules
-) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+) -> Iterator[tuple[int, DeadLetter | None, str | None]]:
     """(line number, record, None) for each record of an export, (line number, None, why) for
     each line refused. Lines end at "\n" only: str.splitlines would also cut at U+2028 or
     U+0085, which JSON leaves unescaped inside a record's text (and at U+001C in a hand-made
@@ -355,25 +276,19 @@ def import_lines(
         if limit is not None and size > limit:
             yield number, None, f"the line is {size} bytes, more than a record can take ({limit})"
             continue
-        record, problem = parse_record(line, rules)
-        yield number, record, problem
+        read = parse_record(line, rules)
+        yield (number, None, read) if isinstance(read, str) else (number, read, None)
 
 
-def parse_record(text: str, rules: RecordRules) -> tuple[dict[str, Any] | None, str | None]:
+def parse_record(text: str, rules: RecordRules) -> DeadLetter | str:
     """The record in `text`, or why there is none: never an exception."""
     try:
-        record = json.loads(text)
+        value = json.loads(text)
     except RecursionError:
-        return None, "not JSON we can read (nested too deeply)"
+        return "not JSON we can read (nested too deeply)"
     except ValueError as exc:
-        return None, f"not JSON ({exc})"
-    problem = record_problem(record, rules)
-    return (None, problem) if problem else (record, None)
-
-
-def damage(record: dict[str, Any]) -> str | None:
-    """Why a record read from the store cannot be trusted; None when it is whole."""
-    return record.get("damaged")
+        return f"not JSON ({exc})"
+    return read_record(value, rules)
 
 
 def unsendable(event: Any) -> str | None:
@@ -388,43 +303,22 @@ def unsendable(event: Any) -> str | None:
     return "its event holds a lone surrogate, which no message can carry"
 
 
-class ReplayRefused(Exception):
-    """The record stays where it is: it is damaged (or names another queue), or its event
-    cannot be sent."""
-
-    def __init__(self, record_id: str, why: str) -> None:
-        super().__init__(f"{record_id}: {why}")
-        self.record_id = record_id
-        self.why = why
-
-
-@dataclass(frozen=True)
-class DeadRecord:
-    """A dead letter ready to store, with what the scripts index it by."""
-
-    id: str
-    json: str
-    reason: str
-    call_id: str
-    code: str
-    died_at_ms: int
-
-    def script_args(self) -> list[str | int]:
-        return [self.json, self.reason, self.call_id, self.code, self.died_at_ms]
-
-
 @dataclass(frozen=True)
 class Attempt:
-    """One call to the API that did not succeed."""
+    """One call to the API that did not succeed. The worker fills every field; a record from an
+    older version may lack any (`charged` and `maybe_applied` came later), read as None."""
 
-    at: float
-    code: str
-    message: str
+    at: float | None
+    code: str | None
+    message: str | None
     http_status: int | None
     request_id: str | None
-    kind: str
-    charged: bool = True
-    """Whether it used one of the event's attempts (throttling and outages do not)."""
+    kind: str | None
+    charged: bool | None
+    """Whether it used one of the event's attempts (throttling and outages do not); None
+    counts as yes."""
+    maybe_applied: bool | None
+    """Whether the request may have landed although it failed (a timeout, a lost answer)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -435,11 +329,153 @@ class Attempt:
             "request_id": self.request_id,
             "kind": self.kind,
             "charged": self.charged,
+            "maybe_applied": self.maybe_applied,
         }
 
 
-class ReplayConflict(Exception):
-    """The record changed between reading it and replaying it; nothing was moved."""
+@dataclass(frozen=True)
+class AttemptCounts:
+    """Counts of the whole attempt history, of which a record keeps the first and latest."""
+
+    attempts_made: int | None
+    attempts_used: int | None
+    elided: int | None
+    elided_kinds: dict[str, int] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attempts_made": self.attempts_made,
+            "attempts_used": self.attempts_used,
+            "elided": self.elided,
+            "elided_kinds": self.elided_kinds,
+        }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that passes the schema, made only by `read_record`. Fields an older version
+    did not write read as None, and are written back as null."""
+
+    id: str
+    reason: DeadReason
+    detail: str
+    call_id: str | None
+    event_id: str | None
+    version: int | None
+    source: str | None
+    event: Any
+    """The event as received: whatever a producer sent, or what `_bounded` leaves of it."""
+    normalized: dict[str, Any] | None
+    """The validated event (None: it never validated), or what `_bounded` leaves of it."""
+    attempts: tuple[Attempt, ...]
+    attempt_counts: AttemptCounts | None
+    first_seen: float | None
+    died_at: float
+    task_id: str | None
+    applied_version: int | None
+    """The call's version when the event died: a replay never sends the call below it."""
+    queue: str | None
+    key_prefix: str | None
+    """Never written by the worker; a record that names them keeps them."""
+
+    @property
+    def code(self) -> str | None:
+        """The error code it died of: its last attempt's (None: it never reached the API)."""
+        return self.attempts[-1].code if self.attempts else None
+
+    @property
+    def attempts_made(self) -> int:
+        """All attempts the event made, of which only the first and the latest are kept."""
+        made = None if self.attempt_counts is None else self.attempt_counts.attempts_made
+        return len(self.attempts) if made is None else made
+
+    def replay_event(self) -> Any:
+        """What a replay puts back: the validated event (its version fixed) or, if it never
+        validated, the event as received, so an operator's fix can be replayed as it is."""
+        return self.event if self.normalized is None else self.normalized
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON holds it: stored, exported and shown in this one form."""
+        counts = self.attempt_counts
+        fields = {
+            "id": self.id,
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "call_id": self.call_id,
+            "event_id": self.event_id,
+            "version": self.version,
+            "source": self.source,
+            "event": self.event,
+            "normalized": self.normalized,
+            "attempts": [attempt.as_dict() for attempt in self.attempts],
+            "attempt_counts": None if counts is None else counts.as_dict(),
+            "first_seen": self.first_seen,
+            "died_at": self.died_at,
+            "task_id": self.task_id,
+            "applied_version": self.applied_version,
+        }
+        for name, value in (("queue", self.queue), ("key_prefix", self.key_prefix)):
+            if value is not None:
+                fields[name] = value
+        return fields
+
+
+@dataclass(frozen=True)
+class DamagedRecord:
+    """A stored record that breaks the schema, as its indexes know it (they are written by the
+    scripts, never from the JSON): listed and shown with its problem, never replayed or
+    exported."""
+
+    id: str
+    problem: str
+    reason: str | None
+    call_id: str | None
+    died_at: float | None
+    code: ClassVar[None] = None
+    source: ClassVar[None] = None
+    """Nothing its JSON says is trusted: a filter on code or source never matches it."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "damaged": self.problem,
+            "reason": self.reason,
+            "call_id": self.call_id,
+            "died_at": self.died_at,
+        }
+
+
+@dataclass(frozen=True)
+class DeadRecord:
+    """A dead letter ready to store: its JSON, and what the scripts index it by."""
+
+    letter: DeadLetter
+    json: str
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadRecord:
+        return cls(letter, _dumps(letter.as_dict()))
+
+    @property
+    def id(self) -> str:
+        return self.letter.id
+
+    @property
+    def reason(self) -> str:
+        return self.letter.reason.value
+
+    @property
+    def call_id(self) -> str:
+        """A record of no call is indexed under "None"."""
+        return str(self.letter.call_id)
+
+    @property
+    def code(self) -> str:
+        return self.letter.code or ""
+
+    def script_args(self) -> list[str | int]:
+        died_at_ms = int(self.letter.died_at * 1000)
+        return [self.json, self.reason, self.call_id, self.code, died_at_ms]
 
 
 class Restored(str, Enum):
@@ -448,6 +484,29 @@ class Restored(str, Enum):
     """A record with that id is here already (and was left alone)."""
     SETTLED = "settled"
     """The event has finished otherwise since the record was written (replayed, applied)."""
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The reply of `dead_add.lua`."""
+
+    outcome: Restored
+    trimmed: int = 0
+    """How many old records were dropped to make room (when stored)."""
+
+    @classmethod
+    def parse(cls, reply: list[Any]) -> _Stored:
+        return cls(Restored(reply[0].decode()), int(reply[1]) if len(reply) > 1 else 0)
+
+
+class _Taken(str, Enum):
+    """The reply of `dead_take.lua`."""
+
+    TAKEN = "taken"
+    GONE = "gone"
+    """No such record."""
+    CHANGED = "changed"
+    """The record is not the one read (nothing moved)."""
 
 
 class DeadLetterStore:
@@ -469,9 +528,9 @@ class DeadLetterStore:
         self._fate_ttl = fate_ttl
         self._version_ttl = version_ttl
         self._queue = queue
-        self._add = client.register_script(_ADD)
-        self._take = client.register_script(_TAKE)
-        self._trim = client.register_script(_TRIM_OLDEST)
+        self._add = scripts.register(client, "dead_add")
+        self._take = scripts.register(client, "dead_take")
+        self._trim = scripts.register(client, "dead_trim")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> DeadLetterStore:
@@ -496,7 +555,7 @@ class DeadLetterStore:
         self,
         *,
         record_id: str,
-        reason: str,
+        reason: DeadReason,
         detail: str,
         event: Any,
         normalized: dict[str, Any] | None,
@@ -515,7 +574,8 @@ class DeadLetterStore:
         Whatever it is handed (text with lone surrogates, values nested too deep for JSON, a
         huge message), the record passes `record_problem`: what names a Redis key is escaped,
         the detail clipped, the events bounded, and the copies of an invalid event's fields
-        kept only when they fit (the event as received still holds them).
+        kept only when they fit (the event as received still holds them). So a record it
+        cannot read back is a bug here, and raises.
         """
         call_id = _field(normalized, event, "call_id")
         record = {
@@ -535,12 +595,16 @@ class DeadLetterStore:
             "task_id": task_id,
             "applied_version": applied_version,
         }
-        return _dead_record(record)
+        letter = read_record(record, self._reading)
+        if isinstance(letter, str):
+            raise ValueError(f"prepare made a dead letter its schema refuses: {letter}")
+        return DeadRecord.of(letter)
 
     @staticmethod
     def record_keys(keys: Keys, record: DeadRecord) -> list[str]:
-        """The keys a script that stores `record` touches, in the order `STORE_RECORD`'s
-        callers pass them: by call, all, the record, by reason, by code."""
+        """The keys storing `record` touches, in the order the scripts that store it with an
+        event's fate (`ordering_dead.lua`, `ordering_finish.lua`) take them: by call, all, the
+        record, by reason, by code."""
         return [
             keys.dead_by_call(record.call_id),
             keys.dead_all,
@@ -551,52 +615,48 @@ class DeadLetterStore:
 
     def trim(self) -> int:
         """Drop the oldest records beyond the retention limit; returns how many."""
-        return int(self._trim(keys=[self._keys.dead_all], args=[self._max, self._keys.prefix]))
+        return int(
+            call_asking(self._trim, self._keys, fixed_keys=[self._keys.dead_all], args=[self._max])
+        )
 
     def add(self, **fields: Any) -> int:
         """Store a record outside an event's processing (its fate becomes dead if it had none);
         `fields` as for `prepare`. Returns how many old records were trimmed."""
-        return self._store(json.loads(self.prepare(**fields).json), keep_existing=False)
+        return self._store(self.prepare(**fields), keep_existing=False).trimmed
 
-    def restore(self, record: dict[str, Any], *, replace: bool) -> Restored:
+    def restore(self, record: DeadLetter, *, replace: bool) -> Restored:
         """Store an exported record as it was (its id and time of death kept). Without
         `replace`, an id already here is left alone. A record whose event has finished
-        otherwise since (it was replayed and applied) is not restored. The record is not held
-        to the schema here (`dead import` refuses what `import_lines` refuses); one that breaks
-        it reads as damaged."""
-        if not isinstance(record.get("id"), str) or not isinstance(record.get("reason"), str):
-            raise ValueError("a dead-letter record needs a string id and reason")
-        answer = self._store(record, keep_existing=not replace)
-        return {-1: Restored.EXISTS, -2: Restored.SETTLED}.get(answer, Restored.STORED)
+        otherwise since (it was replayed and applied) is not restored."""
+        return self._store(DeadRecord.of(record), keep_existing=not replace).outcome
 
-    def _store(self, record: dict[str, Any], *, keep_existing: bool) -> int:
+    def _store(self, record: DeadRecord, *, keep_existing: bool) -> _Stored:
+        """See `dead_add.lua`; the indexes of a record it replaces are asked for."""
         k = self._keys
-        call_id = record.get("call_id")
-        known = isinstance(call_id, str)
-        return int(
-            self._add(
-                keys=[
-                    k.dead_all,
-                    k.dead_record(record["id"]),
-                    k.fate(record["id"]),
-                    k.outcomes,
-                    k.applied(call_id) if known else k.applied(""),
-                    k.tags(call_id) if known else k.tags(""),
-                ],
-                args=[
-                    record["id"],
-                    _dumps(record),
-                    record["reason"],
-                    str(call_id),
-                    last_code(record) or "",
-                    int(float(record.get("died_at") or time.time()) * 1000),
-                    self._max,
-                    k.prefix,
-                    "1" if keep_existing else "",
-                    self._fate_ttl,
-                ],
-            )
+        call_id = record.letter.call_id or ""
+        reply = call_asking(
+            self._add,
+            k,
+            fixed_keys=[
+                k.dead_all,
+                k.dead_record(record.id),
+                k.fate(record.id),
+                k.outcomes,
+                k.applied(call_id),
+                k.tags(call_id),
+                k.dead_by_reason(record.reason),
+                k.dead_by_call(record.call_id),
+                k.dead_by_code(record.code),
+            ],
+            args=[
+                record.id,
+                *record.script_args(),
+                self._max,
+                "1" if keep_existing else "",
+                self._fate_ttl,
+            ],
         )
+        return _Stored.parse(reply)
 
     def _bounded(self, event: Any) -> Any:
         """A huge message is kept as its first bytes, so one bad producer cannot fill Redis;
@@ -611,8 +671,8 @@ class DeadLetterStore:
         head = text[: self._max_event_bytes].decode("utf-8", "ignore")
         return {"truncated": True, "size_bytes": len(text), "head": head}
 
-    def get(self, record_id: str) -> dict[str, Any] | None:
-        """The record, or a damaged stand-in for one that breaks the schema (see `_read`)."""
+    def get(self, record_id: str) -> DeadLetter | DamagedRecord | None:
+        """The record, or what the indexes know of one that breaks the schema."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hmget(self._keys.dead_record(record_id), "json", "reason", "call_id")
         pipe.zscore(self._keys.dead_all, record_id)
@@ -642,12 +702,12 @@ class DeadLetterStore:
 
     def list(
         self, where: DeadFilter | None = None, *, limit: int = 50, offset: int = 0
-    ) -> list[dict[str, Any]]:
+    ) -> list[DeadLetter | DamagedRecord]:
         """Newest first, `offset` matching records skipped."""
         where = where or DeadFilter()
         index, rest = self._plan(where)
         low, high = _score_range(where)
-        records: list[dict[str, Any]] = []
+        records: list[DeadLetter | DamagedRecord] = []
         skipped = read = 0
         while len(records) < limit:
             ids = self._redis.zrevrangebyscore(index, high, low, start=read, num=500)
@@ -663,7 +723,7 @@ class DeadLetterStore:
                 records.append(record)
         return records[:limit]
 
-    def iter_records(self, where: DeadFilter | None = None) -> Iterator[dict[str, Any]]:
+    def iter_records(self, where: DeadFilter | None = None) -> Iterator[DeadLetter | DamagedRecord]:
         """Oldest first, every matching record (for export)."""
         where = where or DeadFilter()
         index, rest = self._plan(where)
@@ -696,7 +756,7 @@ class DeadLetterStore:
             if rest.empty:
                 wanted = [raw.decode() for raw in ids]
             else:
-                wanted = [r["id"] for r in self._fetch(ids) if rest.matches(r)]
+                wanted = [r.id for r in self._fetch(ids) if rest.matches(r)]
                 kept += len(ids) - len(wanted)
             for record_id in wanted:
                 yield record_id
@@ -720,9 +780,9 @@ class DeadLetterStore:
 
     def delete(self, record_id: str) -> bool:
         """Forget a record; the event's fate stays `dead` in the ledger."""
-        raw = self._redis.hget(self._keys.dead_record(record_id), "call_id")
-        call_id = raw.decode() if raw is not None else None
-        return self._take_record(record_id, call_id) == 1
+        indexed = self._redis.hmget(self._keys.dead_record(record_id), *_INDEXED)
+        call_id = indexed[1].decode() if indexed[1] is not None else None
+        return self._take_record(record_id, call_id, indexed) is _Taken.TAKEN
 
     def replay(
         self,
@@ -730,49 +790,50 @@ class DeadLetterStore:
         *,
         queue: str,
         build_message: Callable[[Any], str],
-        revise: Callable[[dict[str, Any]], Any] | None = None,
+        revise: Callable[[DeadLetter], Any] | None = None,
     ) -> bool:
         """Move one record back onto the queue in one step; False if it is no longer here.
 
-        `revise(record)` gives the event to send (default: `replay_event`), for an operator's
-        fix or a forced version; the record must not change in between (ReplayConflict). A
-        damaged record, one that names another queue or one whose event cannot be sent stays
-        (ReplayRefused).
+        `revise(record)` gives the event to send (default: `DeadLetter.replay_event`), for an
+        operator's fix or a forced version; the record must not change in between
+        (ReplayConflict). A damaged record, one that names another queue or one whose event
+        cannot be sent stays (ReplayRefused).
         """
-        raw = self._redis.hget(self._keys.dead_record(record_id), "json")
+        raw, *indexed = self._redis.hmget(self._keys.dead_record(record_id), "json", *_INDEXED)
         if raw is None:
             return False
-        record, damaged = self._check(record_id, raw, replace(self._reading, queue=queue))
-        if record is None:
-            raise ReplayRefused(record_id, f"damaged: {damaged}")
-        event = (revise or replay_event)(record)
+        record = self._check(record_id, raw, replace(self._reading, queue=queue))
+        if isinstance(record, str):
+            raise ReplayRefused(record_id, f"damaged: {record}")
+        event = (revise or DeadLetter.replay_event)(record)
         if why := unsendable(event):
             raise ReplayRefused(record_id, why)
         fields = event if isinstance(event, dict) else {}
         event_id = str(fields.get("event_id") or record_id)
-        call_id = record.get("call_id") if isinstance(record.get("call_id"), str) else None
         registered = "version" in fields and isinstance(fields.get("call_id"), str)
-        floor = record.get("applied_version")
+        floor = record.applied_version
         message = build_message(event)
-        moved = self._take_record(
+        taken = self._take_record(
             record_id,
-            call_id,
+            record.call_id,
+            indexed,
             queue=queue,
             message=message,
             expected=raw.decode(),
             event_id=event_id,
             version=fields.get("version", 0) if registered else 0,
-            floor=floor if isinstance(floor, int) else "",
+            floor="" if floor is None else floor,
             pending=self._keys.pending(fields["call_id"]) if registered else "",
         )
-        if moved == -1:
+        if taken is _Taken.CHANGED:
             raise ReplayConflict(record_id)
-        return moved == 1
+        return taken is _Taken.TAKEN
 
     def _take_record(
         self,
         record_id: str,
         call_id: str | None,
+        indexed: Sequence[bytes | None],
         *,
         queue: str = "",
         message: str = "",
@@ -781,36 +842,36 @@ class DeadLetterStore:
         version: int = 0,
         floor: int | str = "",
         pending: str = "",
-    ) -> int:
-        """Remove the record; with a `queue`, also put `message` on it (see `_TAKE`)."""
+    ) -> _Taken:
+        """Remove the record; with a `queue`, also put `message` on it (see `dead_take.lua`).
+        `indexed` is what the record's `_INDEXED` fields were when read: their index keys are
+        told, and asked for again should the record have changed since."""
         k = self._keys
-        return int(
-            self._take(
-                keys=[
-                    k.dead_all,
-                    k.dead_record(record_id),
-                    k.fate(event_id or record_id),
-                    k.outcomes,
-                    pending,
-                    k.applied(call_id) if call_id is not None else "",
-                    k.tags(call_id) if call_id is not None else "",
-                    k.dead_by_call(call_id) if call_id is not None else "",
-                ],
-                args=[
-                    record_id,
-                    k.prefix,
-                    queue,
-                    message,
-                    expected,
-                    event_id,
-                    version,
-                    floor,
-                    self._version_ttl,
-                ],
-            )
+        told = [
+            (kind, name)
+            for kind, name in zip(("reason", "call", "code"), indexed, strict=True)
+            if name is not None  # a missing field has no index; an empty code's key goes unused
+        ]
+        reply = call_asking(
+            self._take,
+            k,
+            fixed_keys=[
+                k.dead_all,
+                k.dead_record(record_id),
+                k.fate(event_id or record_id),
+                k.outcomes,
+                pending,
+                k.applied(call_id) if call_id is not None else "",
+                k.tags(call_id) if call_id is not None else "",
+                k.dead_by_call(call_id) if call_id is not None else "",
+                queue,
+            ],
+            args=[record_id, message, expected, event_id, version, floor, self._version_ttl],
+            told=told,
         )
+        return _Taken(reply.decode())
 
-    def _fetch(self, ids: list[bytes]) -> Iterator[dict[str, Any]]:
+    def _fetch(self, ids: list[bytes]) -> Iterator[DeadLetter | DamagedRecord]:
         pipe = self._redis.pipeline(transaction=False)
         for raw_id in ids:
             pipe.hmget(self._keys.dead_record(raw_id.decode()), "json", "reason", "call_id")
@@ -827,54 +888,34 @@ class DeadLetterStore:
 
     def _read(
         self, record_id: str, fields: list[bytes | None], score: float | None
-    ) -> dict[str, Any] | None:
-        """A stored record, or for one that breaks the schema a stand-in built from what the
-        indexes know (they are written by the scripts, never from the JSON), so one bad
-        record shows as damaged instead of failing every listing it is in."""
+    ) -> DeadLetter | DamagedRecord | None:
+        """A stored record, or for one that breaks the schema what the indexes know of it,
+        so one bad record shows as damaged instead of failing every listing it is in."""
         raw, reason, call_id = fields
         if raw is None:
             return None
-        record, why = self._check(record_id, raw, self._reading)
-        if record is not None:
+        record = self._check(record_id, raw, self._reading)
+        if not isinstance(record, str):
             return record
         died = score / 1000 if score is not None and 0 <= score / 1000 <= MAX_TIME else None
-        return {
-            "id": record_id,
-            "damaged": why,
-            "reason": reason.decode("utf-8", "backslashreplace") if reason else None,
-            "call_id": call_id.decode("utf-8", "backslashreplace") if call_id else None,
-            "died_at": died,
-        }
+        return DamagedRecord(
+            id=record_id,
+            problem=record,
+            reason=reason.decode("utf-8", "backslashreplace") if reason else None,
+            call_id=call_id.decode("utf-8", "backslashreplace") if call_id else None,
+            died_at=died,
+        )
 
     @staticmethod
-    def _check(
-        record_id: str, raw: bytes, rules: RecordRules
-    ) -> tuple[dict[str, Any] | None, str | None]:
+    def _check(record_id: str, raw: bytes, rules: RecordRules) -> DeadLetter | str:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return None, f"not UTF-8 (byte {exc.start})"
-        record, why = parse_record(text, rules)
-        if record is not None and record["id"] != record_id:
-            return None, f"its id is {record['id'][:100]!a}, but it is kept as {record_id!r}"
-        return record, why
-
-
-def _dead_record(record: dict[str, Any]) -> DeadRecord:
-    return DeadRecord(
-        id=record["id"],
-        json=_dumps(record),
-        reason=record["reason"],
-        call_id=str(record.get("call_id")),
-        code=last_code(record) or "",
-        died_at_ms=int(float(record["died_at"]) * 1000),
-    )
-
-
-def replay_event(record: dict[str, Any]) -> Any:
-    """What a replay puts back: the validated event (its version fixed) or, if it never
-    validated, the event as received, so an operator's fix can be replayed as it is."""
-    return record["normalized"] if record.get("normalized") is not None else record["event"]
+            return f"not UTF-8 (byte {exc.start})"
+        record = parse_record(text, rules)
+        if not isinstance(record, str) and record.id != record_id:
+            return f"its id is {record.id[:100]!a}, but it is kept as {record_id!r}"
+        return record
 
 
 def _field(normalized: dict[str, Any] | None, event: Any, name: str) -> Any:

@@ -17,7 +17,8 @@ the account's requests per second across all of them. So the budget lives in Red
   let through as the probe (half-open); its success closes the circuit, its failure reopens it.
 
 Time is Redis's own (`TIME`), so hosts with skewed clocks share one timeline. Each decision is
-one Lua script; the rules about what a failure means for an event stay in Python (`uses_attempt`).
+one Lua script (`lua/flow_*.lua`, the pace and the circuit being functions of `lua/library.lua`);
+the rules about what a failure means for an event stay in Python (`uses_attempt`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Any
 
 import redis
 
-from tagging_worker.alibaba.api import ApiResult, ApiSuccess
 from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.results import ApiResult, ApiSuccess
 from tagging_worker.settings import Settings
+from tagging_worker.state import scripts
 from tagging_worker.state.keys import Keys
 
 
@@ -110,18 +112,43 @@ class Hold:
     cause: str = ""
 
 
+class Transition(str, Enum):
+    """How recording one call's signal changed the circuit. A `str`, so it compares equal to
+    the text (`verdict.transition == "closed"`), and only a change is truthy."""
+
+    UNCHANGED = ""
+    OPENED = "opened"
+    REOPENED = "reopened"
+    """A probe failed."""
+    CLOSED = "closed"
+    """The probe was answered."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """The shared state after one call's signal was recorded."""
+    """The shared state after one call's signal was recorded (`lua/flow_record.lua`'s reply)."""
 
-    transition: str
-    """'' (nothing changed), 'opened', 'reopened' (a probe failed) or 'closed'."""
+    transition: Transition
     circuit_open: bool
     wait: float
     """When open: seconds until the next probe may go."""
     rate: float
     kind: str
     """When open: 'transient' or 'systemic'."""
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Verdict:
+        transition, state, wait_ms, rate, kind = (_text(x) for x in reply)
+        return cls(
+            transition=Transition(transition),
+            circuit_open=state != "closed",
+            wait=float(wait_ms) / 1000,
+            rate=float(rate),
+            kind=kind,
+        )
 
 
 def uses_attempt(result_kind: FailureKind, verdict: Verdict) -> bool:
@@ -138,202 +165,44 @@ def spread(wait: float) -> float:
     return wait * random.uniform(1.0, 1.2) + random.uniform(0.0, 0.05)
 
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: circuit, limiter; ARGV: token, ceiling, burst, max_wait_ms, probe_ms
-_ADMIT = (
-    _NOW
-    + """
-local c = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until', 'code', 'message')
-local state = c[1] or 'closed'
-if state ~= 'closed' then
-  local deadline = tonumber((state == 'open') and c[2] or c[3]) or 0
-  if now < deadline then
-    -- while a probe is out, look again soon: its answer usually takes well under a second
-    local wait = (state == 'open') and (deadline - now) or math.min(deadline - now, 1000)
-    return {'open', tostring(wait), c[4] or '', c[5] or ''}
-  end
-  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe', ARGV[1],
-             'probe_until', now + tonumber(ARGV[5]))
-  return {'probe', '0', '', ''}
-end
-local ceiling = tonumber(ARGV[2])
-local l = redis.call('HMGET', KEYS[2], 'rate', 'tat')
-local rate = math.min(tonumber(l[1]) or ceiling, ceiling)
-local interval = 1000 / rate
-local tat = math.max(tonumber(l[2]) or now, now)
-local wait = math.max(tat - (tonumber(ARGV[3]) - 1) * interval - now, 0)
-if wait > tonumber(ARGV[4]) then return {'rate', tostring(wait), '', ''} end
-redis.call('HSET', KEYS[2], 'tat', tat + interval)
-redis.call('PEXPIRE', KEYS[2], 86400000)
-return {'go', tostring(wait), '', ''}
-"""
-)
-
-# KEYS: circuit, limiter
-# ARGV: signal, token, ceiling, floor, decrease, increase (req/s per s), hold_ms, threshold,
-#       cooldown_ms, systemic cooldown_ms, code, message
-_RECORD = (
-    _NOW
-    + """
-local signal = ARGV[1]
-local ceiling = tonumber(ARGV[3])
-local l = redis.call('HMGET', KEYS[2], 'rate', 'grown_at', 'hold_until', 'tat', 'sent_at',
-                     'answered', 'throttled')
-local rate = math.min(tonumber(l[1]) or ceiling, ceiling)
-if signal == 'answered' or signal == 'throttled' then
-  redis.call('HINCRBY', KEYS[2], signal, 1)
-end
-if signal == 'throttled' then
-  -- Slots reserved at the old pace keep going out until `tat` and their answers come back a
-  -- moment later: they count once, in one cut, or one burst of refusals would cut many times.
-  -- The share refused since the last cut says how far over the quota the pace it was sent
-  -- at is; cut to that estimate when it is below the usual step, never by more than half.
-  if now >= (tonumber(l[3]) or 0) then
-    local answered, throttled = tonumber(l[6]) or 0, (tonumber(l[7]) or 0) + 1
-    local cut = rate * tonumber(ARGV[5])
-    if answered + throttled >= 10 then
-      local estimate = (tonumber(l[5]) or rate) * answered / (answered + throttled)
-      cut = math.max(rate / 2, math.min(cut, estimate))
-    end
-    local hold_until = math.max(tonumber(l[4]) or now, now) + tonumber(ARGV[7])
-    redis.call('HSET', KEYS[2], 'rate', math.max(tonumber(ARGV[4]), cut), 'sent_at', rate,
-               'hold_until', hold_until, 'grown_at', now, 'answered', 0, 'throttled', 0)
-    rate = math.max(tonumber(ARGV[4]), cut)
-  end
-elseif signal == 'answered' and rate < ceiling then
-  local since = math.min(math.max(now - (tonumber(l[2]) or now), 0), 1000)
-  rate = math.min(ceiling, rate + tonumber(ARGV[6]) * since / 1000)
-  redis.call('HSET', KEYS[2], 'rate', rate, 'grown_at', now)
-end
-redis.call('PEXPIRE', KEYS[2], 86400000)
-
-local c = redis.call('HMGET', KEYS[1], 'state', 'probe', 'failures', 'kind', 'until')
-local state = c[1] or 'closed'
-local is_probe = state == 'half_open' and c[2] == ARGV[2]
-local transition = ''
-local function open(kind, cooldown)
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + cooldown, 'kind', kind,
-             'code', ARGV[11], 'message', ARGV[12], 'opened_at', now)
-  redis.call('HDEL', KEYS[1], 'probe', 'probe_until', 'failures')
-  state = 'open'
-end
-if signal == 'answered' or signal == 'throttled' then
-  -- While open, an answer to a request sent before it opened proves nothing: only a call
-  -- let through after the cool-down closes it.
-  if state == 'half_open' then
-    redis.call('DEL', KEYS[1])
-    state = 'closed'
-    transition = 'closed'
-  elseif c[3] then
-    redis.call('HDEL', KEYS[1], 'failures')
-  end
-elseif signal == 'failed' then
-  if state == 'closed' then
-    if redis.call('HINCRBY', KEYS[1], 'failures', 1) >= tonumber(ARGV[8]) then
-      open('transient', tonumber(ARGV[9]))
-      transition = 'opened'
-    end
-  elseif is_probe then
-    open('transient', tonumber(ARGV[9]))
-    transition = 'reopened'
-  end
-elseif signal == 'systemic' then
-  if state == 'closed' or (state == 'open' and c[4] ~= 'systemic') then
-    open('systemic', tonumber(ARGV[10]))
-    transition = 'opened'
-  elseif is_probe then
-    open('systemic', tonumber(ARGV[10]))
-    transition = 'reopened'
-  end
-end
-local wait = 0
-local kind = ''
-if state ~= 'closed' then
-  local f = redis.call('HMGET', KEYS[1], 'until', 'probe_until', 'kind')
-  if state == 'open' then
-    wait = math.max((tonumber(f[1]) or now) - now, 0)
-  else
-    wait = math.min(math.max((tonumber(f[2]) or now) - now, 0), 1000)
-  end
-  kind = f[3] or ''
-end
-return {transition, state, tostring(wait), tostring(rate), kind}
-"""
-)
-
-# KEYS: circuit; returns 1 while no caller may reach the API (open, or a probe under way)
-_BLOCKED = (
-    _NOW
-    + """
-local c = redis.call('HMGET', KEYS[1], 'state', 'until', 'probe_until')
-if c[1] == 'open' then return (now < tonumber(c[2])) and 1 or 0 end
-if c[1] == 'half_open' then return (now < tonumber(c[3])) and 1 or 0 end
-return 0
-"""
-)
-
-
 class Flow:
     def __init__(self, client: redis.Redis, keys: Keys, policy: FlowPolicy) -> None:
         self._redis = client
         self._keys = keys
         self.policy = policy
-        self._admit = client.register_script(_ADMIT)
-        self._record = client.register_script(_RECORD)
-        self._blocked = client.register_script(_BLOCKED)
+        self._admit = scripts.register(client, "flow_admit")
+        self._record = scripts.register(client, "flow_record")
+        self._blocked = scripts.register(client, "flow_blocked")
 
     def admit(self, token: str) -> Go | Hold:
         """Ask for one API call; `token` identifies the caller should it become the probe."""
         p = self.policy
-        verdict, wait_ms, code, message = (
-            _text(x)
-            for x in self._admit(
-                keys=[self._keys.circuit, self._keys.limiter],
-                args=[token, p.rate_limit, p.burst, p.max_wait * 1000, p.probe_timeout * 1000],
-            )
+        reply = self._admit(
+            keys=[self._keys.circuit, self._keys.limiter],
+            args=[token, p.rate_limit, p.burst, p.max_wait * 1000, p.probe_timeout * 1000],
         )
-        wait = float(wait_ms) / 1000
-        if verdict == "go":
-            return Go(wait=wait, probe=False)
-        if verdict == "probe":
-            return Go(wait=0.0, probe=True)
-        if verdict == "rate":
-            return Hold(wait=wait, circuit_open=False)
-        return Hold(wait=wait, circuit_open=True, cause=f"{code}: {message}")
+        return _admission(reply)
 
     def record(self, signal: Signal, *, token: str, code: str = "", message: str = "") -> Verdict:
         p = self.policy
-        transition, state, wait_ms, rate, kind = (
-            _text(x)
-            for x in self._record(
-                keys=[self._keys.circuit, self._keys.limiter],
-                args=[
-                    signal.value,
-                    token,
-                    p.rate_limit,
-                    p.rate_floor,
-                    p.decrease,
-                    p.increase * p.rate_limit,
-                    p.decrease_hold * 1000,
-                    p.failure_threshold,
-                    p.cooldown * 1000,
-                    p.systemic_cooldown * 1000,
-                    code,
-                    message[:500],
-                ],
-            )
+        reply = self._record(
+            keys=[self._keys.circuit, self._keys.limiter],
+            args=[
+                signal.value,
+                token,
+                p.rate_limit,
+                p.rate_floor,
+                p.decrease,
+                p.increase * p.rate_limit,
+                p.decrease_hold * 1000,
+                p.failure_threshold,
+                p.cooldown * 1000,
+                p.systemic_cooldown * 1000,
+                code,
+                message[:500],
+            ],
         )
-        return Verdict(
-            transition=transition,
-            circuit_open=state != "closed",
-            wait=float(wait_ms) / 1000,
-            rate=float(rate),
-            kind=kind,
-        )
+        return Verdict.from_reply(reply)
 
     def blocked(self) -> bool:
         """While True no caller may reach the API, so workers should stop taking messages."""
@@ -362,6 +231,19 @@ class Flow:
             ),
             "failures_in_a_row": int(c.get("failures", 0)),
         }
+
+
+def _admission(reply: list[Any]) -> Go | Hold:
+    """`lua/flow_admit.lua`'s reply, read."""
+    verdict, wait_ms, code, message = (_text(x) for x in reply)
+    wait = float(wait_ms) / 1000
+    if verdict == "go":
+        return Go(wait=wait, probe=False)
+    if verdict == "probe":
+        return Go(wait=0.0, probe=True)
+    if verdict == "rate":
+        return Hold(wait=wait, circuit_open=False)
+    return Hold(wait=wait, circuit_open=True, cause=f"{code}: {message}")
 
 
 def _text(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 Tests and several deployments can share one Redis because nothing of ours is written outside
 the prefix: reliable fetch's keys live there too (`<prefix>:fetch:<queue>:consumers` and
-`<prefix>:fetch:<queue>:held:<consumer id>`, named in `reliable_fetch`). Besides it: the
+`<prefix>:fetch:<queue>:held:<consumer id>`, named in `state/fetch.py`). Besides it: the
 queue (a list named after it), and kombu's own bookkeeping: `_kombu.binding*` keys for its
 exchanges, and the `unacked`, `unacked_index` and `unacked_mutex` keys its Redis transport
 shares between every queue of the database (only messages kombu itself fetched enter them).

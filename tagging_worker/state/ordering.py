@@ -19,11 +19,14 @@ newer one, and a write whose outcome is unknown may still land later. Per call, 
 
 Per event, a `fate` key (set once, with a TTL) records its outcome, so a redelivered or
 duplicated message is recognised and the outcome counters count every event exactly once; a
-dead letter is stored in the same step as its fate. Each step is one Lua script; nothing is read
-in one round trip and written in another.
+dead letter is stored in the same step as its fate. Each step is one Lua script
+(`lua/ordering_*.lua`); nothing is read in one round trip and written in another.
 
-The one kind of key a script derives instead of receiving in KEYS (it depends on what the
-script finds): the fates of parked events that a success supersedes.
+Every key a script touches arrives in KEYS. Some keys only the script can find out: the fates
+of the parked events a success supersedes, and of the events of in-doubt entries. Those it asks
+for (`call_asking`): before writing anything it replies `{'need', 'fate', <event id>, ...}`,
+and is called again with those keys appended to KEYS (named in ARGV). With nothing parked or in
+doubt, a step is one call.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import redis
 
 from tagging_worker.messages import build_settle_message
-from tagging_worker.state.dead_letters import STORE_RECORD, DeadLetterStore, DeadRecord
+from tagging_worker.state import scripts
+from tagging_worker.state.dead_letters import DeadLetterStore, DeadRecord
 from tagging_worker.state.keys import Keys
 from tagging_worker.state.outcomes import Outcome
+from tagging_worker.state.scripts import call_asking
 
 
 class Begin(str, Enum):
@@ -73,6 +79,14 @@ class Repair:
     tags_json: str
 
 
+def _settle_reply(reply: list[bytes]) -> tuple[Settle, Repair | None]:
+    """The reply of `ordering_settle.lua`."""
+    step = Settle(reply[0].decode())
+    if step is Settle.GO:
+        return step, Repair(version=int(reply[1]), tags_json=reply[2].decode())
+    return step, None
+
+
 @dataclass(frozen=True)
 class Recorded:
     """The answer to recording a success."""
@@ -82,327 +96,22 @@ class Recorded:
     repair: bool
     """An older write landed on a newer one (this worker had lost its lease): repair now."""
 
+    @classmethod
+    def parse(cls, reply: list[Any]) -> Recorded:
+        """The reply of `ordering_applied.lua`: the fate given ('' for none), 1 to repair."""
+        fate, repair = reply
+        return cls(fate=Outcome(fate.decode()) if fate else None, repair=bool(repair))
 
-# A version outlives every dead letter of its call (nothing else remembers that a replay of an
-# older event would regress it); otherwise it lasts `ttl`.
-_KEEP = """
-local function keep(applied, tags, dead_by_call, ttl)
-  if redis.call('EXISTS', dead_by_call) == 1 then
-    redis.call('PERSIST', applied)
-    redis.call('PERSIST', tags)
-  else
-    redis.call('EXPIRE', applied, ttl)
-    redis.call('EXPIRE', tags, ttl)
-  end
-end
-"""
 
-_REINDEX = """
-local function reindex(unsettled, index, call)
-  local first = redis.call('ZRANGE', unsettled, 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', index, call)
-  else
-    redis.call('ZADD', index, first[2], call)
-  end
-end
-"""
+class Death(str, Enum):
+    """What recording an event's death did (a `str`, so it compares equal to its value)."""
 
-# Members of `unsettled` are "<version>:<writer's token>:<event id>" (no event for a repair,
-# which writes a version already applied). An entry whose event has no fate yet is that
-# event's business: it will be written again or die. A newer one may have landed, so nothing
-# older may be written meanwhile; it is settled only once its event has finished.
-_IN_DOUBT = """
-local function entry(member)
-  local v, event = string.match(member, '^([^:]*):[^:]*:(.*)$')
-  return v, event
-end
-local function finished(event, fate_prefix)
-  return event == '' or redis.call('EXISTS', fate_prefix .. event) == 1
-end
-local function newer_in_doubt(unsettled, version, fate_prefix)
-  for _, member in ipairs(redis.call('ZRANGE', unsettled, 0, -1)) do
-    local v, event = entry(member)
-    if tonumber(v) > version and not finished(event, fate_prefix) then return true end
-  end
-  return false
-end
-local function settleable(unsettled, now, fate_prefix)
-  local found = {}
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', unsettled, '-inf', now)) do
-    local _, event = entry(member)
-    if finished(event, fate_prefix) then found[#found + 1] = member end
-  end
-  return found
-end
-"""
-
-_CLOCK = """
-local function next_version(clock, ttl)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local v = math.max(now, tonumber(redis.call('GET', clock) or '-1') + 1)
-  local text = string.format('%.0f', v)
-  redis.call('SET', clock, text, 'EX', ttl)
-  return text
-end
-"""
-
-# KEYS: the clock of each event's call (one per event, repeats allowed); ARGV: ttl
-_DEFAULT_VERSIONS = (
-    _CLOCK
-    + """
-local out = {}
-for i, clock in ipairs(KEYS) do out[i] = next_version(clock, ARGV[1]) end
-return out
-"""
-)
-
-# KEYS: received, clock; ARGV: fate_ttl, version_ttl
-_RECEIVE = (
-    _CLOCK
-    + """
-local known = redis.call('GET', KEYS[1])
-if known then return known end
-local v = next_version(KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], v, 'EX', ARGV[1])
-return v
-"""
-)
-
-# KEYS: pending, queue; ARGV: version, event_id, message, ttl
-_REGISTER = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('LPUSH', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: applied, pending, parked, parked messages, lease, fate, outcomes, unsettled,
-#       settle index
-# ARGV: version, event_id, message, token, lease_ms, ttl, fate_ttl, in-doubt member, until_ms,
-#       call_id, fate key prefix
-# GO writes the request down as in doubt before it is sent (until the API can no longer apply
-# it); a definite answer clears it, so a crash right after sending leaves it to be settled.
-# An older event is parked while a newer one is pending, or in doubt with its event unfinished
-# (its worker died right after sending it: the newer may have landed).
-_BEGIN = (
-    _IN_DOUBT
-    + """
-local id = ARGV[2]
-if redis.call('EXISTS', KEYS[6]) == 1 then return 'duplicate' end
-local v = tonumber(ARGV[1])
-if v <= tonumber(redis.call('GET', KEYS[1]) or '-1') then
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  redis.call('SET', KEYS[6], 'stale', 'EX', ARGV[7])
-  redis.call('HINCRBY', KEYS[7], 'stale', 1)
-  return 'stale'
-end
-if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[1], '+inf') > 0
-   or newer_in_doubt(KEYS[8], v, ARGV[11]) then
-  redis.call('ZADD', KEYS[3], v, id)
-  redis.call('HSET', KEYS[4], id, ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-  redis.call('ZREM', KEYS[2], id)
-  return 'parked'
-end
-if not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'busy' end
-redis.call('ZADD', KEYS[8], ARGV[9], ARGV[8])
-redis.call('EXPIRE', KEYS[8], ARGV[6])
-redis.call('ZADD', KEYS[9], 'LT', ARGV[9], ARGV[10])
-return 'go'
-"""
-)
-
-# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, unsettled,
-#       dead by call, settle index
-# ARGV: version, event_id, token, tags, ttl, fate_ttl, fate key prefix, now_ms, call_id,
-#       in-doubt member
-_APPLIED = (
-    _KEEP
-    + _REINDEX
-    + """
-local v, id = tonumber(ARGV[1]), ARGV[2]
-if redis.call('GET', KEYS[7]) == 'dead' then
-  -- Dead-lettered meanwhile (another copy was refused), yet this write landed: undo it now.
-  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[10])
-  redis.call('EXPIRE', KEYS[9], ARGV[5])
-  reindex(KEYS[9], KEYS[11], ARGV[9])
-  if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
-  return {'', 1}
-end
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local fate, repair = 'applied', 0
-redis.call('ZREM', KEYS[9], ARGV[10])
-if v > current then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[4])
-elseif v < current or redis.call('GET', KEYS[2]) ~= ARGV[4] then
-  if v < current then fate = 'stale' end
-  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[10])
-  redis.call('EXPIRE', KEYS[9], ARGV[5])
-  repair = 1
-end
-reindex(KEYS[9], KEYS[11], ARGV[9])
-keep(KEYS[1], KEYS[2], KEYS[10], ARGV[5])
-redis.call('ZREM', KEYS[3], id)
-local superseded = 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])) do
-  redis.call('HDEL', KEYS[5], member)
-  if member ~= id and redis.call('SET', ARGV[7] .. member, 'superseded', 'NX', 'EX', ARGV[6]) then
-    superseded = superseded + 1
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
-redis.call('ZREM', KEYS[4], id)
-redis.call('HDEL', KEYS[5], id)
-if superseded > 0 then redis.call('HINCRBY', KEYS[8], 'superseded', superseded) end
-if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
-if not redis.call('SET', KEYS[7], fate, 'NX', 'EX', ARGV[6]) then return {'', repair} end
-redis.call('HINCRBY', KEYS[8], fate, 1)
-return {fate, repair}
-"""
-)
-
-# KEYS: applied, tags, unsettled, lease, settle index
-# ARGV: now_ms, token, lease_ms, call_id, ttl, until_ms (for the repair's own write), fate key
-#       prefix
-# A repair waits while a newer version than the applied one is in doubt and its event
-# unfinished: writing the applied tags could undo it.
-_SETTLE = (
-    _REINDEX
-    + _IN_DOUBT
-    + """
-local done = settleable(KEYS[3], ARGV[1], ARGV[7])
-local current = redis.call('GET', KEYS[1])
-local tags = redis.call('GET', KEYS[2])
-local stray = false
-for _, member in ipairs(done) do
-  if entry(member) ~= current then stray = true end
-end
-if stray and current and tags then
-  if newer_in_doubt(KEYS[3], tonumber(current), ARGV[7]) then return {'busy'} end
-  if not redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
-  redis.call('ZADD', KEYS[3], ARGV[6], current .. ':' .. ARGV[2] .. ':')
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-  return {'go', current, tags}
-end
-for _, member in ipairs(done) do redis.call('ZREM', KEYS[3], member) end
-reindex(KEYS[3], KEYS[5], ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'wait'} end
-return {'settled'}
-"""
-)
-
-# KEYS: unsettled, lease, outcomes, settle index, applied
-# ARGV: checked_ms, token, call_id, version written, counter ('repaired' or 'repair_failed'),
-#       fate key prefix
-_REPAIRED = (
-    _REINDEX
-    + _IN_DOUBT
-    + """
-redis.call('ZREM', KEYS[1], ARGV[4] .. ':' .. ARGV[2] .. ':')
-if redis.call('GET', KEYS[5]) == ARGV[4] then
-  for _, member in ipairs(settleable(KEYS[1], ARGV[1], ARGV[6])) do
-    redis.call('ZREM', KEYS[1], member)
-  end
-end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-reindex(KEYS[1], KEYS[4], ARGV[3])
-return 1
-"""
-)
-
-# KEYS: settle index, queue; ARGV: now_ms, again_ms, then call_id and message pairs
-_CLAIM_SETTLES = """
-local claimed = 0
-for i = 3, #ARGV, 2 do
-  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if due and tonumber(due) <= tonumber(ARGV[1]) then
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    claimed = claimed + 1
-  end
-end
-return claimed
-"""
-
-# KEYS: applied, tags, pending, parked, parked messages, lease, fate, outcomes, queue,
-#       unsettled, settle index, dead by call, dead all, dead record, dead by reason, dead by code
-# ARGV: event_id, token, fate_ttl, ttl, call_id, in-doubt member to clear ('' to keep it: the
-#       last request's outcome is unknown), record json, reason, record's call_id, code,
-#       died_at_ms
-_DEAD = (
-    _REINDEX
-    + STORE_RECORD
-    + """
-local id = ARGV[1]
-if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
-if ARGV[6] ~= '' then
-  redis.call('ZREM', KEYS[10], ARGV[6])
-  reindex(KEYS[10], KEYS[11], ARGV[5])
-end
-redis.call('ZREM', KEYS[3], id)
-redis.call('ZREM', KEYS[4], id)
-redis.call('HDEL', KEYS[5], id)
-if not redis.call('SET', KEYS[7], 'dead', 'NX', 'EX', ARGV[3]) then return 'duplicate' end
-redis.call('HINCRBY', KEYS[8], 'dead', 1)
-store_record(KEYS[13], KEYS[14], KEYS[15], KEYS[12], KEYS[16], id, ARGV[7], ARGV[8],
-             ARGV[9], ARGV[10], ARGV[11])
-redis.call('PERSIST', KEYS[1])
-redis.call('PERSIST', KEYS[2])
-local best = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-if #best == 0 then return 'dead' end
-local score = tonumber(best[2])
-if score <= tonumber(redis.call('GET', KEYS[1]) or '-1')
-   or redis.call('ZCOUNT', KEYS[3], '(' .. best[2], '+inf') > 0 then
-  return 'dead'
-end
-local parked = best[1]
-local message = redis.call('HGET', KEYS[5], parked)
-redis.call('ZREM', KEYS[4], parked)
-redis.call('HDEL', KEYS[5], parked)
-if not message then return 'dead' end
-redis.call('ZADD', KEYS[3], best[2], parked)
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('LPUSH', KEYS[9], message)
-return 'resurrected'
-"""
-)
-
-# KEYS: fate, outcomes, then (a dead letter) dead by call, dead all, dead record, dead by
-#       reason, dead by code
-# ARGV: outcome, fate_ttl, event_id, then record json, reason, call_id, code, died_at_ms
-_FINISH = (
-    STORE_RECORD
-    + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-if #KEYS > 2 then
-  store_record(KEYS[4], KEYS[5], KEYS[6], KEYS[3], KEYS[7], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-               ARGV[7], ARGV[8])
-end
-return 1
-"""
-)
-
-# KEYS: lease, unsettled, settle index; ARGV: token, in-doubt member to clear ('' to keep it),
-#       call_id
-_RELEASE = (
-    _REINDEX
-    + """
-if ARGV[2] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  reindex(KEYS[2], KEYS[3], ARGV[3])
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-)
+    DEAD = "dead"
+    """The event is dead and its dead letter stored."""
+    RESURRECTED = "resurrected"
+    """As DEAD, and the best parked older event of the call was put back on the queue."""
+    DUPLICATE = "duplicate"
+    """The event already had its fate: no dead letter was stored."""
 
 
 class Ordering:
@@ -422,17 +131,17 @@ class Ordering:
         self.version_ttl = version_ttl
         self.fate_ttl = fate_ttl
         self.settle_ms = settle_ms
-        self._default_versions = client.register_script(_DEFAULT_VERSIONS)
-        self._receive = client.register_script(_RECEIVE)
-        self._register = client.register_script(_REGISTER)
-        self._begin = client.register_script(_BEGIN)
-        self._applied = client.register_script(_APPLIED)
-        self._settle = client.register_script(_SETTLE)
-        self._repaired = client.register_script(_REPAIRED)
-        self._claim_settles = client.register_script(_CLAIM_SETTLES)
-        self._dead = client.register_script(_DEAD)
-        self._finish = client.register_script(_FINISH)
-        self._release = client.register_script(_RELEASE)
+        self._default_versions = scripts.register(client, "ordering_default_versions")
+        self._receive = scripts.register(client, "ordering_receive")
+        self._register = scripts.register(client, "ordering_register")
+        self._begin = scripts.register(client, "ordering_begin")
+        self._applied = scripts.register(client, "ordering_applied")
+        self._settle = scripts.register(client, "ordering_settle")
+        self._repaired = scripts.register(client, "ordering_repaired")
+        self._claim_settles = scripts.register(client, "ordering_claim_settles")
+        self._dead = scripts.register(client, "ordering_dead")
+        self._finish = scripts.register(client, "ordering_finish")
+        self._release = scripts.register(client, "ordering_release")
 
     def default_versions(self, call_ids: Sequence[str]) -> list[int]:
         """One default version per call id given (in order), each above every default the call
@@ -481,10 +190,14 @@ class Ordering:
         token: str,
         lease_ms: int,
     ) -> Begin:
+        """See `ordering_begin.lua`; the fates of the events of newer in-doubt entries are
+        asked for."""
         k = self.keys
         now = _now_ms()
-        answer = self._begin(
-            keys=[
+        reply = call_asking(
+            self._begin,
+            k,
+            fixed_keys=[
                 k.applied(call_id),
                 k.pending(call_id),
                 k.parked(call_id),
@@ -506,19 +219,21 @@ class Ordering:
                 in_doubt(version, token, event_id),
                 now + lease_ms + self.settle_ms,
                 call_id,
-                k.fate(""),
             ],
         )
-        return Begin(answer.decode())
+        return Begin(reply.decode())
 
     def applied(
         self, call_id: str, version: int, event_id: str, tags_json: str, *, token: str
     ) -> Recorded:
         """Record a success; its fate is `stale` when a newer version was already applied
-        (this write landed on top of it, and a repair is asked for at once)."""
+        (this write landed on top of it, and a repair is asked for at once). The fates of the
+        parked events it supersedes are asked for (see `ordering_applied.lua`)."""
         k = self.keys
-        fate, repair = self._applied(
-            keys=[
+        reply = call_asking(
+            self._applied,
+            k,
+            fixed_keys=[
                 *self._event_keys(call_id, event_id),
                 k.unsettled(call_id),
                 k.dead_by_call(call_id),
@@ -531,41 +246,31 @@ class Ordering:
                 tags_json,
                 self.version_ttl,
                 self.fate_ttl,
-                k.fate(""),
                 _now_ms(),
                 call_id,
                 in_doubt(version, token, event_id),
             ],
         )
-        return Recorded(fate=Outcome(fate.decode()) if fate else None, repair=bool(repair))
+        return Recorded.parse(reply)
 
     def settle(self, call_id: str, *, token: str, lease_ms: int) -> tuple[Settle, Repair | None]:
         """Whether a write of unknown outcome may have regressed the call; GO holds the lease
         and says what to write (itself written down as in doubt until it is answered)."""
         k = self.keys
         now = _now_ms()
-        answer = self._settle(
-            keys=[
+        reply = call_asking(
+            self._settle,
+            k,
+            fixed_keys=[
                 k.applied(call_id),
                 k.tags(call_id),
                 k.unsettled(call_id),
                 k.lease(call_id),
                 k.settle_index,
             ],
-            args=[
-                now,
-                token,
-                lease_ms,
-                call_id,
-                self.version_ttl,
-                now + lease_ms + self.settle_ms,
-                k.fate(""),
-            ],
+            args=[now, token, lease_ms, call_id, self.version_ttl, now + lease_ms + self.settle_ms],
         )
-        step = Settle(answer[0].decode())
-        if step is Settle.GO:
-            return step, Repair(version=int(answer[1]), tags_json=answer[2].decode())
-        return step, None
+        return _settle_reply(reply)
 
     def repaired(
         self, call_id: str, repair: Repair, *, checked_ms: int, token: str, failed: bool = False
@@ -573,8 +278,10 @@ class Ordering:
         """The applied tags were written again (or the API refused them for good, `failed`):
         what could land before `checked_ms` needs no further repair."""
         k = self.keys
-        self._repaired(
-            keys=[
+        call_asking(
+            self._repaired,
+            k,
+            fixed_keys=[
                 k.unsettled(call_id),
                 k.lease(call_id),
                 k.outcomes,
@@ -587,7 +294,6 @@ class Ordering:
                 call_id,
                 repair.version,
                 "repair_failed" if failed else "repaired",
-                k.fate(""),
             ],
         )
 
@@ -613,13 +319,12 @@ class Ordering:
         *,
         token: str,
         version: int | None = None,
-    ) -> str:
+    ) -> Death:
         """Record the event's death and its dead letter in one step; puts the best parked older
         event back if there is one. `version` is given when the event's last request had a
-        definite answer (it can no longer land). Returns "dead", "resurrected" or "duplicate"
-        (the event had a fate: no dead letter is stored)."""
+        definite answer (it can no longer land)."""
         k = self.keys
-        return self._dead(
+        reply = self._dead(
             keys=[
                 *self._event_keys(call_id, event_id),
                 self.queue,
@@ -636,7 +341,8 @@ class Ordering:
                 in_doubt(version, token, event_id) if version is not None and token else "",
                 *record.script_args(),
             ],
-        ).decode()
+        )
+        return Death(reply.decode())
 
     def finish(self, event_id: str, outcome: Outcome, record: DeadRecord | None = None) -> bool:
         """A fate outside any call's ordering (an event too broken to have a call), with its

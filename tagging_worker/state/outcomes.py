@@ -8,6 +8,7 @@ from enum import Enum
 
 import redis
 
+from tagging_worker.state import scripts
 from tagging_worker.state.keys import Keys
 
 
@@ -31,17 +32,6 @@ class Outcome(str, Enum):
 FATES = (Outcome.APPLIED, Outcome.STALE, Outcome.SUPERSEDED, Outcome.DEAD)
 
 
-# KEYS: counters, history; ARGV: slot (ms), keep (ms)
-_SAMPLE = """
-if redis.call('ZCOUNT', KEYS[2], ARGV[1], ARGV[1]) > 0 then return 0 end
-local counts = redis.call('HGETALL', KEYS[1])
-local fields = {}
-for i = 1, #counts, 2 do fields[counts[i]] = tonumber(counts[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1] .. ' ' .. cjson.encode(fields))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-return 1
-"""
-
 SAMPLE_EVERY_MS = 10_000
 KEEP_HISTORY_MS = 15 * 60_000
 
@@ -54,12 +44,13 @@ class OutcomeCounters:
         self._redis = client
         self._key = keys.outcomes
         self._history = keys.outcome_history
-        self._sample = client.register_script(_SAMPLE)
+        self._sample = scripts.register(client, "outcomes_sample")
 
     def add(self, outcome: Outcome, n: int = 1) -> None:
         self._redis.hincrby(self._key, outcome.value, n)
 
     def sample(self, now: float | None = None) -> bool:
+        """Take the current 10 s slot's sample unless a worker did; True if this call did."""
         slot = int((now if now is not None else time.time()) * 1000) // SAMPLE_EVERY_MS
         return bool(
             self._sample(

@@ -1,21 +1,18 @@
-"""The per-process wiring: settings, one Redis pool, one API client and the stores.
+"""Every store on one Redis connection pool, built in one step from the settings.
 
-Built lazily and rebuilt after a fork, because prefork children must not share the
+Building them costs no round trip (a pool connects on first use and scripts load on first
+call), so whoever needs Redis (the worker, a publisher, the CLI, a test) builds all of them
+at once and hands on the ones it uses. A prefork child builds its own: it must not share the
 parent's sockets.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 import redis
 
-from tagging_worker.alibaba.api import TagsApi
-from tagging_worker.ops.health import Heartbeats
-from tagging_worker.settings import Settings, load_settings
+from tagging_worker.settings import Settings
 from tagging_worker.state.connection import connect
 from tagging_worker.state.dead_letters import DeadLetterStore
 from tagging_worker.state.flow import Flow, FlowPolicy
@@ -25,67 +22,41 @@ from tagging_worker.state.outcomes import OutcomeCounters
 from tagging_worker.state.retry_schedule import RetrySchedule
 
 
-@dataclass
-class Runtime:
+@dataclass(frozen=True)
+class Stores:
     settings: Settings
-    api_blocked: threading.Event = field(default_factory=threading.Event)
-    """Set in the worker's main process while the circuit keeps every call from the API."""
-    heartbeats: Heartbeats = field(default_factory=Heartbeats)
-    """Left by the worker main process's loops, for the health endpoints."""
+    redis: redis.Redis
+    keys: Keys
+    ordering: Ordering
+    dead_letters: DeadLetterStore
+    retries: RetrySchedule
+    outcomes: OutcomeCounters
+    flow: Flow
 
-    @cached_property
-    def redis(self) -> redis.Redis:
-        return connect(
-            self.settings.broker_url,
-            sentinel_master=self.settings.redis_sentinel_master,
+    @classmethod
+    def connect(cls, settings: Settings) -> Stores:
+        client = connect(
+            settings.broker_url,
+            sentinel_master=settings.redis_sentinel_master,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-
-    @cached_property
-    def keys(self) -> Keys:
-        return Keys(self.settings.key_prefix)
-
-    @cached_property
-    def api(self) -> TagsApi:
-        return TagsApi(self.settings)
-
-    @cached_property
-    def dead_letters(self) -> DeadLetterStore:
-        return DeadLetterStore.from_settings(self.redis, self.keys, self.settings)
-
-    @cached_property
-    def ordering(self) -> Ordering:
-        return Ordering(
-            self.redis,
-            self.keys,
-            queue=self.settings.queue,
-            version_ttl=self.settings.version_ttl_seconds,
-            fate_ttl=self.settings.fate_ttl_seconds,
-            settle_ms=int(self.settings.settle_seconds * 1000),
+        keys = Keys(settings.key_prefix)
+        return cls(
+            settings=settings,
+            redis=client,
+            keys=keys,
+            ordering=Ordering(
+                client,
+                keys,
+                queue=settings.queue,
+                version_ttl=settings.version_ttl_seconds,
+                fate_ttl=settings.fate_ttl_seconds,
+                settle_ms=int(settings.settle_seconds * 1000),
+            ),
+            dead_letters=DeadLetterStore.from_settings(client, keys, settings),
+            retries=RetrySchedule(client, keys, queue=settings.queue),
+            outcomes=OutcomeCounters(client, keys),
+            flow=Flow(client, keys, FlowPolicy.from_settings(settings)),
         )
-
-    @cached_property
-    def flow(self) -> Flow:
-        return Flow(self.redis, self.keys, FlowPolicy.from_settings(self.settings))
-
-    @cached_property
-    def retries(self) -> RetrySchedule:
-        return RetrySchedule(self.redis, self.keys, queue=self.settings.queue)
-
-    @cached_property
-    def outcomes(self) -> OutcomeCounters:
-        return OutcomeCounters(self.redis, self.keys)
-
-
-_lock = threading.Lock()
-_current: tuple[int, Runtime] | None = None
-
-
-def get_runtime() -> Runtime:
-    global _current
-    with _lock:
-        if _current is None or _current[0] != os.getpid():
-            _current = (os.getpid(), Runtime(load_settings()))
-        return _current[1]

@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tagging_worker.reasons import DeadReason
+
 
 def compute_delay(
     attempt: int,
@@ -39,7 +41,7 @@ class RetryIn:
 
 @dataclass(frozen=True)
 class GiveUp:
-    reason: str
+    reason: DeadReason
     """`retries_exhausted` or `expired`: the dead-letter reason."""
 
 
@@ -53,8 +55,8 @@ def next_step(
     delay: float,
 ) -> RetryIn | GiveUp:
     if attempts_made >= max_attempts:
-        return GiveUp("retries_exhausted")
+        return GiveUp(DeadReason.RETRIES_EXHAUSTED)
     if now + delay > first_seen + max_age:
         # Waiting would only let it expire before the retry runs.
-        return GiveUp("expired")
+        return GiveUp(DeadReason.EXPIRED)
     return RetryIn(delay)

@@ -17,6 +17,7 @@ from typing import Any
 from celery.utils.time import maybe_iso8601
 
 from tagging_worker import plain_json
+from tagging_worker.reasons import DeadReason
 
 MAX_ITEM_BYTES = 32 * 1024 * 1024
 """A queue item larger than this is not parsed at all (json would need several times as much
@@ -43,7 +44,7 @@ _WORKFLOW = ("callbacks", "errbacks", "chain", "chord")
 class Problem:
     """Why a message cannot run: the dead letter's reason and detail."""
 
-    reason: str
+    reason: DeadReason
     detail: str
 
 
@@ -85,27 +86,29 @@ def header_problem(headers: Any, *, now: datetime) -> Problem | None:
     expires = times["expires"]
     if expires is not None and expires <= now:
         detail = f"it expired at {expires.isoformat()} (its expires header) before a worker took it"
-        return Problem("expired", detail)
+        return Problem(DeadReason.EXPIRED, detail)
     return None
 
 
 def body_problem(body: Any, *, max_eta_seconds: float, eta: Any, now: datetime) -> Problem | None:
     """A decoded protocol 2 body `[args, kwargs, embed]` this worker runs, or why not."""
     if (problem := plain_json.problem(body, max_depth=MAX_DEPTH)) is not None:
-        return Problem("invalid_event", f"in the message body, {problem}")
+        return Problem(DeadReason.INVALID_EVENT, f"in the message body, {problem}")
     if not _is_protocol2(body):
-        return Problem("invalid_event", "body is not the protocol 2 shape [args, kwargs, embed]")
+        return Problem(
+            DeadReason.INVALID_EVENT, "body is not the protocol 2 shape [args, kwargs, embed]"
+        )
     workflow = [name for name in _WORKFLOW if (body[2] or {}).get(name)]
     if workflow:
         return Problem(
-            "unsupported_option",
+            DeadReason.UNSUPPORTED_OPTION,
             f"{', '.join(workflow)} given: this task starts no other tasks "
             "(links, chains and chords are not supported)",
         )
     when = _instant(eta)
     if when is not None and (when - now).total_seconds() > max_eta_seconds:
         return Problem(
-            "unsupported_option",
+            DeadReason.UNSUPPORTED_OPTION,
             f"eta {when.isoformat()} is more than {max_eta_seconds:.0f} s ahead "
             "(TAGGING_EVENT_MAX_AGE_SECONDS): a worker would hold it all that time",
         )
@@ -135,7 +138,7 @@ def _is_protocol2(body: Any) -> bool:
 
 
 def _undecodable(detail: str) -> Problem:
-    return Problem("undecodable_message", detail)
+    return Problem(DeadReason.UNDECODABLE_MESSAGE, detail)
 
 
 def _instant(value: Any) -> datetime | None:

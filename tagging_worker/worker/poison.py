@@ -6,7 +6,7 @@ Celery's defaults log and discard a message it cannot decode, whose content type
 revoked or expired; the Redis transport even loses an item that is not JSON, or an envelope
 kombu cannot make a message of, before Celery sees it; and both read envelopes with code that
 trusts the producer (`envelope.py`). Here the transport hands an unreadable item on as an
-opaque message (a quarantined one too, see `reliable_fetch`), the consumer checks every message
+opaque message (a quarantined one too, see `state/fetch.py`), the consumer checks every message
 before Celery's handler, and Celery's own discards go to the dead letters as well.
 """
 
@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery.worker import state as worker_state
@@ -28,6 +28,8 @@ from kombu.transport import redis as kombu_redis
 
 from tagging_worker import plain_json
 from tagging_worker.messages import CONTENT_TYPE, TASK_NAME
+from tagging_worker.reasons import DeadReason
+from tagging_worker.state.fetch import QUARANTINED
 from tagging_worker.worker.envelope import (
     MAX_DEPTH,
     MAX_ID_LENGTH,
@@ -37,7 +39,6 @@ from tagging_worker.worker.envelope import (
     header_problem,
     single_event,
 )
-from tagging_worker.worker.reliable_fetch import QUARANTINED
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ _json_loads = kombu_redis.loads
 
 REASON_HEADER, DETAIL_HEADER = "x-tagging-reason", "x-tagging-detail"
 """Carry, on an opaque message, why its queue item could not be read."""
-POISON = "poison_message"
-"""The reason of a message its workers kept dying on (quarantined by reliable fetch)."""
 
 
 def tolerant_loads(raw: Any) -> Any:
@@ -69,7 +68,7 @@ def tolerant_loads(raw: Any) -> Any:
         "body": base64.b64encode(data).decode(),
         "content-encoding": "binary",
         "content-type": OPAQUE_CONTENT_TYPE,
-        "headers": {REASON_HEADER: problem.reason, DETAIL_HEADER: problem.detail},
+        "headers": {REASON_HEADER: problem.reason.value, DETAIL_HEADER: problem.detail},
         "properties": {
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
@@ -94,7 +93,7 @@ def _decode(raw: Any) -> tuple[Any, Problem | None]:
         marker = decoded[QUARANTINED]
         crashes = marker.get("crashes") if isinstance(marker, dict) else "several"
         return decoded, Problem(
-            POISON,
+            DeadReason.POISON_MESSAGE,
             f"the worker holding it died or lost its process {crashes} times "
             "(TAGGING_POISON_AFTER_CRASHES): it may be what kills workers, or was held beside it",
         )
@@ -106,7 +105,7 @@ def _decode(raw: Any) -> tuple[Any, Problem | None]:
 
 
 def _unreadable(detail: str) -> Problem:
-    return Problem("undecodable_message", detail)
+    return Problem(DeadReason.UNDECODABLE_MESSAGE, detail)
 
 
 def _envelope_problem(value: Any) -> str | None:
@@ -147,29 +146,62 @@ def diagnose(message: Any, *, now: datetime, max_eta_seconds: float) -> Problem 
     Celery will (kombu caches it, so it is decoded once)."""
     if message.content_type == OPAQUE_CONTENT_TYPE:
         headers = message.headers or {}
-        reason = headers.get(REASON_HEADER) or "undecodable_message"
-        return Problem(str(reason), str(headers.get(DETAIL_HEADER) or "unreadable queue item"))
+        reason = _reason(headers.get(REASON_HEADER))
+        return Problem(reason, str(headers.get(DETAIL_HEADER) or "unreadable queue item"))
     if message.content_type != CONTENT_TYPE:
         detail = f"content type {str(message.content_type)[:80]!r} is not accepted"
-        return Problem("undecodable_message", detail)
+        return Problem(DeadReason.UNDECODABLE_MESSAGE, detail)
     headers = message.headers
     if (problem := header_problem(headers, now=now)) is not None:
         return problem
     if headers["task"] != TASK_NAME:
-        return Problem("unknown_task", f"unknown task {headers['task'][:200]!r}")
+        return Problem(DeadReason.UNKNOWN_TASK, f"unknown task {headers['task'][:200]!r}")
     try:
         body = message.decode()
     except Exception as exc:  # kombu raises whatever its codec raises
         detail = f"body is not JSON ({type(exc).__name__}: {exc})"[:500]
-        return Problem("undecodable_message", detail)
+        return Problem(DeadReason.UNDECODABLE_MESSAGE, detail)
     return body_problem(body, max_eta_seconds=max_eta_seconds, eta=headers.get("eta"), now=now)
+
+
+def _reason(given: Any) -> DeadReason:
+    """The reason an opaque message carries. The transport writes one; anything else (a
+    producer imitating the opaque content type) is just an undecodable message."""
+    try:
+        return DeadReason(given)
+    except ValueError:
+        return DeadReason.UNDECODABLE_MESSAGE
+
+
+class Refuse(Protocol):
+    """How the app dead-letters a delivery that cannot run (`tasks.refuse`, bound to the
+    process's services)."""
+
+    def __call__(
+        self, received: Any, carried: Any, reason: DeadReason, detail: str, *, task_id: str
+    ) -> object: ...
+
+
+def poison_handlers(
+    refuse: Refuse, *, max_eta_seconds: float
+) -> tuple[type[Consumer], type[Request]]:
+    """The consumer and task request classes of one app, wired to how it dead-letters (Celery
+    takes classes, not instances, for both)."""
+    wiring = {"refuse": staticmethod(refuse), "max_eta_seconds": max_eta_seconds}
+    return (
+        type("PoisonAwareConsumer", (PoisonAwareConsumer,), wiring),
+        type("RevocationAwareRequest", (RevocationAwareRequest,), wiring),
+    )
 
 
 class PoisonAwareConsumer(Consumer):
     """Celery's consumer, with every message checked before it is handed to a task, and no
     message able to take the consumer down: whatever fails on the way to a task run
     dead-letters that one message (Redis trouble excepted: the message stays held and comes
-    back)."""
+    back). Made for an app by `poison_handlers`."""
+
+    refuse: Refuse
+    max_eta_seconds: float
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
@@ -179,7 +211,9 @@ class PoisonAwareConsumer(Consumer):
                 problem = self._check(message)
             except Exception as exc:
                 log.exception("checking a message failed")
-                problem = Problem("internal_error", f"checking the message failed: {exc!r}"[:500])
+                problem = Problem(
+                    DeadReason.INTERNAL_ERROR, f"checking the message failed: {exc!r}"[:500]
+                )
             if problem is not None:
                 return self._dead_letter(message, problem)
             # Its expiry was checked at receipt: once taken, it runs; Celery must not drop it.
@@ -191,67 +225,66 @@ class PoisonAwareConsumer(Consumer):
             except Exception as exc:
                 log.exception("Celery could not start a task for a message")
                 detail = f"Celery could not start a task for it: {exc!r}"[:500]
-                return self._dead_letter(message, Problem("internal_error", detail))
+                return self._dead_letter(message, Problem(DeadReason.INTERNAL_ERROR, detail))
 
         return on_task_received
 
     def _check(self, message: Any) -> Problem | None:
-        from tagging_worker.state.stores import get_runtime
-
-        settings = get_runtime().settings
         problem = diagnose(
-            message,
-            now=datetime.now(timezone.utc),
-            max_eta_seconds=settings.event_max_age_seconds,
+            message, now=datetime.now(timezone.utc), max_eta_seconds=self.max_eta_seconds
         )
         if problem is None and message.headers["id"] in worker_state.revoked:
             problem = REVOKED
         return problem
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, Problem("undecodable_message", f"{type(exc).__name__}: {exc}"))
+        self._dead_letter(
+            message, Problem(DeadReason.UNDECODABLE_MESSAGE, f"{type(exc).__name__}: {exc}")
+        )
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, Problem("unknown_task", f"{type(exc).__name__}: {exc}"))
+        self._dead_letter(message, Problem(DeadReason.UNKNOWN_TASK, f"{type(exc).__name__}: {exc}"))
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._dead_letter(message, Problem("undecodable_message", "unknown message format"))
+        self._dead_letter(
+            message, Problem(DeadReason.UNDECODABLE_MESSAGE, "unknown message format")
+        )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, Problem("invalid_event", f"{type(exc).__name__}: {exc}"))
+        self._dead_letter(
+            message, Problem(DeadReason.INVALID_EVENT, f"{type(exc).__name__}: {exc}")
+        )
 
     def _dead_letter(self, message: Any, problem: Problem) -> None:
-        dead_letter_message(message, problem)
+        dead_letter_message(message, problem, self.refuse)
         message.ack()
 
 
-REVOKED = Problem("revoked", "revoked (celery control revoke) before it ran")
+REVOKED = Problem(DeadReason.REVOKED, "revoked (celery control revoke) before it ran")
 
 
 class RevocationAwareRequest(Request):
     """Celery acknowledges a task revoked (or expired) after it was received and forgets it;
-    this dead-letters it first, so a revocation is an answer, not a loss."""
+    this dead-letters it first, so a revocation is an answer, not a loss. Made for an app by
+    `poison_handlers`."""
+
+    refuse: Refuse
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         if not self._already_revoked:
             problem = (
-                Problem("expired", "it expired (its expires header) before it ran")
+                Problem(DeadReason.EXPIRED, "it expired (its expires header) before it ran")
                 if expired
                 else REVOKED
             )
-            dead_letter_message(self._message, problem)
+            dead_letter_message(self._message, problem, self.refuse)
         super()._announce_revoked(reason, terminated, signum, expired)
 
 
-def dead_letter_message(message: Any, problem: Problem) -> None:
+def dead_letter_message(message: Any, problem: Problem, refuse: Refuse) -> None:
     """Store the message as a dead letter with its fate. A message of this task whose body
     reads as one event is kept as that event (a revoked, expired or quarantined event replays
     as it is); anything else is kept as its raw body (bounded) and headers."""
-    from tagging_worker.state.stores import get_runtime
-    from tagging_worker.worker.tasks import (
-        refuse,  # imports metrics: not before the worker set them up
-    )
-
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = headers.get("id")
     usable = isinstance(task_id, str) and 0 < len(task_id) <= MAX_ID_LENGTH
@@ -259,26 +292,25 @@ def dead_letter_message(message: Any, problem: Problem) -> None:
     raw_text = raw.decode("utf-8", "replace")
     received: Any = {"content_type": message.content_type, "headers": headers, "raw_body": raw_text}
     record_id = task_id if usable else f"message-{message.delivery_tag}"
-    rt = get_runtime()
     try:
         carried = None
         if (readable := _one_event(message)) is not None:
             received, carried = readable
-        refuse(rt, received, carried, problem.reason, problem.detail, task_id=record_id)
+        refuse(received, carried, problem.reason, problem.detail, task_id=record_id)
     except redis.RedisError:
         raise
     except Exception as exc:
         # A bug here would otherwise crash the consumer on this message at every delivery.
         log.exception("dead-lettering a message failed: keeping its raw body alone")
-        detail = f"dead-lettering it as {problem.reason} failed: {exc!r}"[:500]
-        refuse(rt, {"raw_body": raw_text}, None, "internal_error", detail, task_id=record_id)
+        detail = f"dead-lettering it as {problem.reason.value} failed: {exc!r}"[:500]
+        refuse({"raw_body": raw_text}, None, DeadReason.INTERNAL_ERROR, detail, task_id=record_id)
 
 
 def _one_event(message: Any) -> tuple[Mapping[str, Any], Any] | None:
     """(event, retry state) of a message of this task that holds one event, read within the
     same bounds as any item (for a quarantined message, the one inside); None otherwise."""
     if message.content_type == OPAQUE_CONTENT_TYPE:
-        if message.headers.get(REASON_HEADER) != POISON:
+        if message.headers.get(REASON_HEADER) != DeadReason.POISON_MESSAGE.value:
             return None
         inner = tolerant_loads(bytes(message.body).decode("utf-8", "replace"))
         if not isinstance(inner, dict):

@@ -21,18 +21,10 @@ reads the flag. Messages published with a priority (kombu keeps them in lists of
 are taken when the main list has been empty for one BLMOVE timeout, and go back to the main
 list. Needs Redis 6.2 or later (BLMOVE, LMOVE).
 
-Keys, each behind kombu's `global_keyprefix`, `<prefix>` being the `fetch_key_prefix` option:
-`<prefix>:<queue>:consumers`, a sorted set of consumer ids by deadline (ms, Redis's clock, so
-hosts' clocks never matter), `<prefix>:<queue>:held:<consumer id>`, a list per consumer, and
-`<prefix>:<queue>:crashes`, how often each message was in the hands of a consumer that died or
-of a process that was lost (a prefork child killed while running it).
-
-A message that keeps killing whoever takes it would come back for ever. So each time one is put
-back because of a failure, that is counted, and at `fetch_max_crashes` it goes back wrapped as
-`{"quarantined": {"crashes": n}, "item": <the message>}`, which `poison.tolerant_loads` turns
-into a dead letter without decoding what is inside. Everything a dying consumer held counts a
-crash, the message that killed it and those beside it alike; only the one that keeps killing
-comes back often enough to reach the limit, unless the same messages keep being taken together.
+This module is the kombu side: the channel and QoS that fetch, ack, reject and restore that
+way, and the thread that keeps deadlines. The keys (behind kombu's `global_keyprefix`, named
+after the `fetch_key_prefix` option) and every other step on them, the crash counts that
+quarantine a message at `fetch_max_crashes` among them, are `tagging_worker.state.fetch`.
 """
 
 from __future__ import annotations
@@ -54,146 +46,13 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from tagging_worker.state.fetch import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_CRASHES, FetchLedger
 from tagging_worker.worker.broker_teardown import torn_down
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_TTL = 20.0
-"""Seconds a consumer may go without renewing its deadline before it counts as dead."""
-DEFAULT_MAX_CRASHES = 3
-"""A message whose consumer failed it this many times is quarantined, not delivered again."""
-CRASH_COUNTS_TTL = 86_400.0
-"""Seconds a message's failures are remembered after the last one."""
-QUARANTINED = "quarantined"
-"""The key that marks a quarantine wrapper: `{"quarantined": {"crashes": n}, "item": raw}`."""
 OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl", "fetch_max_crashes")
 """Transport options this module reads (besides kombu's own)."""
-
-_NOW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-# KEYS: registry; ARGV: consumer, ttl_ms
-_BEAT = (
-    _NOW
-    + """
-redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
-return 1
-"""
-)
-
-# KEYS: registry; ARGV: batch
-# Read only: which consumers are past their deadline.
-_EXPIRED = (
-    _NOW
-    + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
-"""
-)
-
-# Puts one message back at the consuming end, counting that a consumer failed it (its holder
-# died, or a worker lost the process running it). The count lives in a hash by the message's
-# SHA-1 that expires a while after the last failure; the failure that reaches the limit puts
-# the message back as a quarantine wrapper instead, which the consumer turns into a dead
-# letter without decoding the message that keeps killing workers.
-# KEYS[n]: crash counts; ARGV[m], ARGV[m + 1]: limit, counts TTL (ms)
-_REQUEUE_COUNTED = """
-local function requeue_counted(raw, queue, counts, limit, ttl, push)
-  local digest = redis.sha1hex(raw)
-  local crashes = redis.call('HINCRBY', counts, digest, 1)
-  redis.call('PEXPIRE', counts, ttl)
-  if crashes >= tonumber(limit) then
-    redis.call('HDEL', counts, digest)
-    raw = cjson.encode({quarantined = {crashes = crashes}, item = raw})
-  end
-  redis.call(push, queue, raw)
-end
-"""
-
-# KEYS: registry, the consumer's held list, queue, crash counts; ARGV: consumer, limit, TTL
-# Checked again here: the consumer may have renewed its deadline since it was listed. The
-# oldest taken ends at the consuming end, so the messages keep their order. Returns how many
-# moved, or -1 when the consumer is alive or already recovered.
-_RECOVER = (
-    _NOW
-    + _REQUEUE_COUNTED
-    + """
-local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not deadline or tonumber(deadline) > now_ms() then return -1 end
-local moved = 0
-while true do
-  local raw = redis.call('LPOP', KEYS[2])
-  if not raw then break end
-  requeue_counted(raw, KEYS[3], KEYS[4], ARGV[2], ARGV[3], 'RPUSH')
-  moved = moved + 1
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return moved
-"""
-)
-
-# KEYS: held list, queue; ARGV: message
-# Back to the front of the queue (taken next). Only a message still held goes back, so one
-# already acked or recovered is never doubled.
-_GIVE_BACK = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: held list, queue, crash counts; ARGV: message, limit, TTL
-# A message its worker rejected to be delivered again (Celery does when the process running it
-# died): behind the others, counted.
-_REQUEUE = (
-    _REQUEUE_COUNTED
-    + """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-requeue_counted(ARGV[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], 'LPUSH')
-return 1
-"""
-)
-
-# KEYS: registry, held list; ARGV: consumer
-# A consumer that closes holding nothing leaves the registry at once; one still holding
-# messages stays until its deadline passes and a live consumer takes them back.
-_RETIRE = """
-if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
-
-# KEYS: held list, then the queue's priority lists in kombu's order
-_TAKE_PRIORITIZED = """
-for i = 2, #KEYS do
-  local message = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
-  if message then return message end
-end
-return false
-"""
-
-
-def fetch_keys(prefix: str, queue: str) -> tuple[str, str]:
-    """The queue's registry of consumers, and what each consumer's held list is named after
-    (append the consumer id)."""
-    return f"{prefix}:{queue}:consumers", f"{prefix}:{queue}:held:"
-
-
-def crash_counts_key(prefix: str, queue: str) -> str:
-    """The hash counting, by message digest, how often consumers failed a message."""
-    return f"{prefix}:{queue}:crashes"
-
-
-def held_messages(client: redis.Redis, prefix: str, queue: str) -> int:
-    """How many of the queue's messages its registered consumers have taken and not yet
-    acknowledged (a dead consumer's count until a live one takes them back)."""
-    registry, held_prefix = fetch_keys(prefix, queue)
-    pipe = client.pipeline(transaction=False)
-    for consumer in client.zrange(registry, 0, -1):
-        pipe.llen(held_prefix + consumer.decode())
-    return sum(pipe.execute())
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -265,16 +124,13 @@ class ReliableFetch:
     _lost_fetch_at: float | None = None
     """When a BLMOVE's reply was lost: Redis may have moved a message nobody here knows of."""
     _fetch_queue: str | None = None
-    _consumer: str | None = None
+    """The queue this channel fetches from, once bound (`_bind`)."""
+    _consumer: str
+    _ledger: FetchLedger
     _queue_key: str
-    _registry_key: str
-    _held_prefix: str
     _held_key: str
-    _crashes_key: str
-    _priority_keys: list[str]
     _beaten_at = float("-inf")
     _fetch_redis: redis.Redis | None = None
-    _scripts: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._no_ack_queues: set[str] = set()
@@ -366,17 +222,20 @@ class ReliableFetch:
         if self._fetch_queue is not None:
             return
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._queue_key = self.global_keyprefix + queue
-        self._registry_key, self._held_prefix = fetch_keys(
-            self.global_keyprefix + self.fetch_key_prefix, queue
+        self._ledger = FetchLedger(
+            self._redis(),
+            self.global_keyprefix + self.fetch_key_prefix,
+            queue,
+            queue_key=self.global_keyprefix + queue,
+            priority_keys=[
+                self.global_keyprefix + key
+                for key in dict.fromkeys(self._q_for_pri(queue, pri) for pri in self.priority_steps)
+                if key != queue
+            ],
+            max_crashes=int(self.fetch_max_crashes),
         )
-        self._held_key = self._held_prefix + self._consumer
-        self._crashes_key = crash_counts_key(self.global_keyprefix + self.fetch_key_prefix, queue)
-        self._priority_keys = [
-            self.global_keyprefix + key
-            for key in dict.fromkeys(self._q_for_pri(queue, pri) for pri in self.priority_steps)
-            if key != queue
-        ]
+        self._queue_key = self._ledger.queue_key
+        self._held_key = self._ledger.held_key(self._consumer)
         self._fetch_queue = queue
 
     @property
@@ -401,49 +260,22 @@ class ReliableFetch:
                 connection_pool=self.pool,
                 **({"credential_provider": provider} if provider is not None else {}),
             )
-            self._scripts = {
-                name: self._fetch_redis.register_script(source)
-                for name, source in (
-                    ("beat", _BEAT),
-                    ("expired", _EXPIRED),
-                    ("recover", _RECOVER),
-                    ("give_back", _GIVE_BACK),
-                    ("requeue", _REQUEUE),
-                    ("retire", _RETIRE),
-                    ("take_prioritized", _TAKE_PRIORITIZED),
-                )
-            }
         return self._fetch_redis
-
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        client = self._redis()
-        assert self._scripts is not None
-        return self._scripts[name](keys=keys, args=args, client=client)
 
     def _beat(self) -> None:
         started = time.monotonic()
-        self._script("beat", [self._registry_key], [self._consumer, int(self._ttl * 1000)])
+        self._ledger.beat(self._consumer, self._ttl)
         self._beaten_at = started
 
     def keep(self) -> None:
         """Renew this consumer's deadline, then take back the messages of dead consumers
         (the keeper thread's turn)."""
         self._beat()
-        for raw in self._script("expired", [self._registry_key], [100]):
-            consumer = raw.decode()
+        for consumer in self._ledger.expired(100):
             if consumer == self._consumer:
                 continue
-            moved = self._script(
-                "recover",
-                [
-                    self._registry_key,
-                    self._held_prefix + consumer,
-                    self._queue_key,
-                    self._crashes_key,
-                ],
-                [consumer, *self._crash_limits],
-            )
-            if moved > 0:
+            moved = self._ledger.recover(consumer)
+            if moved:
                 log.warning(
                     "consumer %s stopped renewing its deadline: %d message(s) it held are "
                     "back on %s",
@@ -466,28 +298,16 @@ class ReliableFetch:
             self._delivering = None
 
     def _take_prioritized(self) -> bytes | None:
-        if not self._priority_keys:
-            return None
-        return self._script("take_prioritized", [self._held_key, *self._priority_keys], [])
+        return self._ledger.take_prioritized(self._consumer)
 
     def _release(self, raw: bytes) -> None:
-        self._redis().lrem(self._held_key, 1, raw)
+        self._ledger.release(self._consumer, raw)
 
     def _give_back(self, raw: bytes) -> bool:
-        return bool(self._script("give_back", [self._held_key, self._queue_key], [raw]))
+        return self._ledger.give_back(self._consumer, raw)
 
     def _requeue(self, raw: bytes) -> bool:
-        return bool(
-            self._script(
-                "requeue",
-                [self._held_key, self._queue_key, self._crashes_key],
-                [raw, *self._crash_limits],
-            )
-        )
-
-    @property
-    def _crash_limits(self) -> tuple[int, int]:
-        return int(self.fetch_max_crashes), int(CRASH_COUNTS_TTL * 1000)
+        return self._ledger.requeue(self._consumer, raw)
 
     def _hand_back(self, held: list[bytes]) -> None:
         """At close: what this consumer still holds goes back to the queue now; if Redis cannot
@@ -519,7 +339,7 @@ class ReliableFetch:
         self._lost_fetch_at = None
         # Listed first, compared after: a message acked in between is listed yet unknown, and
         # giving it back is a no-op because it is no longer held.
-        listed = self._redis().lrange(self._held_key, 0, -1)
+        listed = self._ledger.held(self._consumer)
         known = Counter(self.qos._held.values())
         orphans = 0
         for raw in listed:
@@ -531,10 +351,10 @@ class ReliableFetch:
             log.warning("%d message(s) taken by a lost fetch are back on the queue", orphans)
 
     def _retire(self) -> None:
-        if self._consumer is None:
+        if self._fetch_queue is None:
             return
         try:
-            self._script("retire", [self._registry_key, self._held_key], [self._consumer])
+            self._ledger.retire(self._consumer)
         except redis.RedisError as exc:
             log.debug("consumer %s not retired (%s): its deadline will pass", self._consumer, exc)
 

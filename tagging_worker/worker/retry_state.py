@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tagging_worker.alibaba.classify import FailureKind
+from tagging_worker.alibaba.results import ApiFailure
 from tagging_worker.state.dead_letters import Attempt
-
-if TYPE_CHECKING:
-    from tagging_worker.alibaba.api import ApiFailure
 
 KEEP_LAST = 10
 """Latest attempts kept besides the first: the first and the last are what an operator
@@ -158,8 +156,9 @@ def _attempt(item: dict[str, Any], default_at: float) -> dict[str, Any]:
         request_id=_text(request_id, FIELD_LIMIT) if isinstance(request_id, str) else None,
         kind=_kind(item.get("kind")),
         charged=item.get("charged") is not False,
+        maybe_applied=item.get("maybe_applied") is True,
     )
-    return {**attempt.as_dict(), "maybe_applied": item.get("maybe_applied") is True}
+    return attempt.as_dict()
 
 
 def _text(value: Any, limit: int) -> str:

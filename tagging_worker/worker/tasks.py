@@ -1,4 +1,4 @@
-"""The Celery task: the story of one tag-update event, top to bottom."""
+"""The story of one tag-update event, top to bottom: what one delivery of the task does."""
 
 from __future__ import annotations
 
@@ -10,27 +10,38 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from celery import shared_task
 from celery.exceptions import Reject
 
-from tagging_worker.alibaba.api import ApiFailure, ApiResult, ApiSuccess
 from tagging_worker.alibaba.classify import FailureKind
-from tagging_worker.event import (
-    MAX_CALL_ID_LENGTH,
-    MAX_EVENT_ID_LENGTH,
-    InvalidEvent,
-    TagUpdate,
-    validate_event,
+from tagging_worker.alibaba.results import ApiFailure, ApiResult, ApiSuccess
+from tagging_worker.errors import InvalidEvent
+from tagging_worker.event import MAX_CALL_ID_LENGTH, MAX_EVENT_ID_LENGTH, TagUpdate, validate_event
+from tagging_worker.messages import build_task_message
+from tagging_worker.ops.reports import (
+    ApiCalled,
+    Applied,
+    CircuitChanged,
+    Dead,
+    DeadLettersTrimmed,
+    Held,
+    LandedOnNewer,
+    MaybeApplied,
+    Repaired,
+    RepairFailed,
+    Resurrected,
+    Retrying,
+    Skipped,
+    WaitedForSlot,
+    report,
 )
-from tagging_worker.messages import TASK_NAME, build_task_message
-from tagging_worker.ops import reports as observe
+from tagging_worker.reasons import DeadReason
 from tagging_worker.state.flow import Go, Hold, Verdict, signal_of, spread, uses_attempt
-from tagging_worker.state.ordering import Begin, lease_ms_for
+from tagging_worker.state.ordering import Begin, Death, lease_ms_for
 from tagging_worker.state.outcomes import Outcome
-from tagging_worker.state.stores import Runtime, get_runtime
 from tagging_worker.worker import failpoints
 from tagging_worker.worker.backoff import GiveUp, RetryIn, compute_delay, next_step
 from tagging_worker.worker.retry_state import RetryState
+from tagging_worker.worker.wiring import Services
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +49,14 @@ BUSY_WAIT_SECONDS = (0.05, 0.3)
 """How long an event waits when another worker is writing its call (jittered)."""
 
 
-@shared_task(
-    name=TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    Request="tagging_worker.worker.poison:RevocationAwareRequest",
-)
-def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
-    """Celery drops a message whose task raises, so nothing may escape: a message of the
-    wrong shape or a bug dead-letters the event, and Redis trouble puts the message back."""
-    rt = get_runtime()
-    task_id = self.request.id
+def run(sv: Services, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """One delivery of the task (`create_app` registers it; `inline.py` runs it in a test).
+    Celery drops a message whose task raises, so nothing may escape: a message of the wrong
+    shape or a bug dead-letters the event, and Redis trouble puts the message back."""
     try:
         settle = kwargs.get("settle")
         if not args and set(kwargs) == {"settle"} and _is_call_id(settle):
-            return settle_call(rt, settle)
+            return settle_call(sv, settle)
         if len(args) != 1 or set(kwargs) - {"retry_state"}:
             state = RetryState(
                 received={"args": list(args), "kwargs": kwargs}, first_seen=time.time()
@@ -62,16 +65,16 @@ def update_call_tags(self: Any, *args: Any, **kwargs: Any) -> str:
                 "the task takes one positional argument, the event; got "
                 f"{len(args)} positional and keyword arguments {sorted(kwargs)}"
             )
-            return _bury(rt, state, None, "invalid_event", detail, task_id=task_id).value
+            return _bury(sv, state, None, DeadReason.INVALID_EVENT, detail, task_id=task_id).value
         event, carried = args[0], kwargs.get("retry_state")
         progress = Progress(token=uuid.uuid4().hex)
         try:
-            return process(rt, event, carried, task_id=task_id, progress=progress)
+            return process(sv, event, carried, task_id=task_id, progress=progress)
         except redis.RedisError:
             raise
         except Exception as exc:
             log.exception("internal error while processing task %s", task_id)
-            return _after_internal_error(rt, event, carried, exc, task_id=task_id, p=progress)
+            return _after_internal_error(sv, event, carried, exc, task_id=task_id, p=progress)
     except redis.RedisError as exc:
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
 
@@ -87,7 +90,7 @@ class Progress:
 
 
 def process(
-    rt: Runtime,
+    sv: Services,
     raw: Any,
     carried: dict[str, Any] | None,
     *,
@@ -98,113 +101,139 @@ def process(
     now = time.time()
     state = RetryState.resume(carried, raw, now)
     try:
-        update = _validated(rt, raw, task_id)
+        update = _validated(sv, raw, task_id)
     except InvalidEvent as exc:
-        return _bury(rt, state, None, "invalid_event", str(exc), task_id=task_id).value
+        return _bury(sv, state, None, DeadReason.INVALID_EVENT, str(exc), task_id=task_id).value
     progress.update = update
     failpoints.hit(failpoints.BEFORE_BEGIN)
     token = progress.token
-    step = rt.ordering.begin(
+    step = sv.stores.ordering.begin(
         update.call_id,
         update.version,
         update.event_id,
-        _message(rt, update, state),
+        _message(sv, update, state),
         token=token,
-        lease_ms=_lease_ms(rt),
+        lease_ms=_lease_ms(sv),
     )
     if step is Begin.BUSY:
-        _later(rt, update, state, random.uniform(*BUSY_WAIT_SECONDS))
+        _later(sv, update, state, random.uniform(*BUSY_WAIT_SECONDS))
         return step.value
     if step is not Begin.GO:
         if step is Begin.PARKED:
             failpoints.hit(failpoints.AFTER_PARK)
-        observe.skipped(update.call_id, update.event_id, update.version, step.value)
+        report(
+            Skipped(
+                call_id=update.call_id,
+                event_id=update.event_id,
+                version=update.version,
+                step=step,
+            )
+        )
         return step.value
 
-    admission = rt.flow.admit(token)
+    admission = sv.stores.flow.admit(token)
     if isinstance(admission, Hold):
-        return _hold(rt, state, update, admission, now, task_id=task_id, token=token)
-    result, verdict = call_api(rt, token, admission, update.call_id, update.tags_json)
+        return _hold(sv, state, update, admission, now, task_id=task_id, token=token)
+    result, verdict = call_api(sv, token, admission, update.call_id, update.tags_json)
     if isinstance(result, ApiSuccess):
         progress.applied = True
         failpoints.hit(failpoints.AFTER_API_SUCCESS)
-        recorded = rt.ordering.applied(
+        recorded = sv.stores.ordering.applied(
             update.call_id, update.version, update.event_id, update.tags_json, token=token
         )
         if recorded.repair:
-            observe.landed_on_newer(update.call_id, update.event_id, update.version)
-        observe.applied(
-            update.call_id, update.event_id, update.version, state.attempts_made + 1, result
+            report(
+                LandedOnNewer(
+                    call_id=update.call_id, event_id=update.event_id, version=update.version
+                )
+            )
+        report(
+            Applied(
+                call_id=update.call_id,
+                event_id=update.event_id,
+                version=update.version,
+                attempt=state.attempts_made + 1,
+                result=result,
+            )
         )
         failpoints.hit(failpoints.BEFORE_ACK)
         return (recorded.fate or Outcome.APPLIED).value
 
     if result.maybe_applied:
         failpoints.hit(failpoints.AFTER_API_UNKNOWN)
-        observe.maybe_applied(update.call_id, update.version, result)
+        report(MaybeApplied(call_id=update.call_id, version=update.version, failure=result))
     state = state.after(result, now, charged=uses_attempt(result.kind, verdict))
     detail = f"{result.code}: {result.message}"
     if result.kind is FailureKind.PERMANENT:
         return _bury(
-            rt, state, update, "permanent_error", detail, task_id=task_id, token=token, last=result
+            sv,
+            state,
+            update,
+            DeadReason.PERMANENT_ERROR,
+            detail,
+            task_id=task_id,
+            token=token,
+            last=result,
         ).value
     return _retry_or_bury(
-        rt, state, update, result, verdict, detail, now, task_id=task_id, token=token
+        sv, state, update, result, verdict, detail, now, task_id=task_id, token=token
     )
 
 
 def call_api(
-    rt: Runtime, token: str, admission: Go, call_id: str, tags_json: str
+    sv: Services, token: str, admission: Go, call_id: str, tags_json: str
 ) -> tuple[ApiResult, Verdict]:
     """One request within the shared budget, its answer fed to the adaptive pace and the
     circuit."""
     if admission.wait:
         time.sleep(admission.wait)
-    observe.waited_for_slot(admission.wait)
-    result = rt.api.update_tags(call_id, tags_json)
-    observe.api_called(result)
+    report(WaitedForSlot(seconds=admission.wait))
+    result = sv.api.update_tags(call_id, tags_json)
+    report(ApiCalled(result=result))
     failed = isinstance(result, ApiFailure)
-    verdict = rt.flow.record(
+    verdict = sv.stores.flow.record(
         signal_of(result),
         token=token,
         code=result.code if failed else "",
         message=result.message if failed else "",
     )
     if verdict.transition:
-        observe.circuit_changed(verdict, result, rt.flow.policy)
+        report(CircuitChanged(verdict=verdict, result=result, policy=sv.stores.flow.policy))
     return result, verdict
 
 
-def settle_call(rt: Runtime, call_id: str) -> str:
+def settle_call(sv: Services, call_id: str) -> str:
     """Once no write of unknown outcome can land any more: if one may have landed over the
     call's applied version, write that version's tags again. A check that cannot finish now
     (busy, held, failed) is simply dropped: the call stays due and is claimed again later."""
     token = uuid.uuid4().hex
     checked_ms = int(time.time() * 1000)
-    step, repair = rt.ordering.settle(call_id, token=token, lease_ms=_lease_ms(rt))
+    step, repair = sv.stores.ordering.settle(call_id, token=token, lease_ms=_lease_ms(sv))
     if repair is None:
         return f"settle_{step.value}"
-    admission = rt.flow.admit(token)
+    admission = sv.stores.flow.admit(token)
     if isinstance(admission, Hold):
-        rt.ordering.release(call_id, token=token, version=repair.version)
+        sv.stores.ordering.release(call_id, token=token, version=repair.version)
         return "settle_held"
-    result, _ = call_api(rt, token, admission, call_id, repair.tags_json)
+    result, _ = call_api(sv, token, admission, call_id, repair.tags_json)
     if isinstance(result, ApiSuccess):
-        rt.ordering.repaired(call_id, repair, checked_ms=checked_ms, token=token)
-        observe.repaired(call_id, repair.version)
+        sv.stores.ordering.repaired(call_id, repair, checked_ms=checked_ms, token=token)
+        report(Repaired(call_id=call_id, version=repair.version))
         return Outcome.REPAIRED.value
     if result.kind is FailureKind.PERMANENT:
-        rt.ordering.repaired(call_id, repair, checked_ms=checked_ms, token=token, failed=True)
-        observe.repair_failed(call_id, repair.version, result)
+        sv.stores.ordering.repaired(
+            call_id, repair, checked_ms=checked_ms, token=token, failed=True
+        )
+        report(RepairFailed(call_id=call_id, version=repair.version, failure=result))
         return Outcome.REPAIR_FAILED.value
-    rt.ordering.release(
+    sv.stores.ordering.release(
         call_id, token=token, version=None if result.maybe_applied else repair.version
     )
     return "settle_retried"
 
 
 def _hold(
-    rt: Runtime,
+    sv: Services,
     state: RetryState,
     update: TagUpdate,
     hold: Hold,
@@ -215,7 +244,7 @@ def _hold(
 ) -> str:
     """No API call now (the budget is spent or the circuit is open): the event waits in the
     retry schedule, not in a worker, and keeps its attempts; only its maximum age limits it."""
-    step = _next_step(rt, state, now, spread(hold.wait))
+    step = _next_step(sv, state, now, spread(hold.wait))
     if isinstance(step, GiveUp):
         detail = (
             f"the API circuit was open: {hold.cause}"
@@ -223,19 +252,19 @@ def _hold(
             else "waited for the API budget (TAGGING_API_RATE_LIMIT) until its maximum age"
         )
         return _bury(
-            rt, state, update, step.reason, detail, task_id=task_id, token=token, sent=False
+            sv, state, update, step.reason, detail, task_id=task_id, token=token, sent=False
         ).value
-    rt.ordering.release(
+    sv.stores.ordering.release(
         update.call_id, token=token, version=update.version, event_id=update.event_id
     )
-    _later(rt, update, state, step.delay)
-    rt.outcomes.add(Outcome.HELD)
-    observe.held(update.call_id, update.event_id, hold, step.delay)
+    _later(sv, update, state, step.delay)
+    sv.stores.outcomes.add(Outcome.HELD)
+    report(Held(call_id=update.call_id, event_id=update.event_id, hold=hold, delay=step.delay))
     return Outcome.HELD.value
 
 
 def _retry_or_bury(
-    rt: Runtime,
+    sv: Services,
     state: RetryState,
     update: TagUpdate,
     failure: ApiFailure,
@@ -246,7 +275,7 @@ def _retry_or_bury(
     task_id: str,
     token: str,
 ) -> str:
-    s = rt.settings
+    s = sv.settings
     delay = compute_delay(
         state.attempts_made,
         base=s.retry_base_seconds,
@@ -256,33 +285,35 @@ def _retry_or_bury(
     )
     if verdict.circuit_open:
         delay = max(delay, spread(verdict.wait))
-    step = _next_step(rt, state, now, delay)
+    step = _next_step(sv, state, now, delay)
     if isinstance(step, GiveUp):
         return _bury(
-            rt, state, update, step.reason, detail, task_id=task_id, token=token, last=failure
+            sv, state, update, step.reason, detail, task_id=task_id, token=token, last=failure
         ).value
-    rt.ordering.release(
+    sv.stores.ordering.release(
         update.call_id,
         token=token,
         version=None if failure.maybe_applied else update.version,
         event_id=update.event_id,
     )
-    _later(rt, update, state, step.delay)
-    rt.outcomes.add(Outcome.RETRIED)
-    observe.retrying(
-        update.call_id,
-        update.event_id,
-        update.version,
-        state.attempts_made,
-        failure,
-        step.delay,
-        state.attempts_used,
+    _later(sv, update, state, step.delay)
+    sv.stores.outcomes.add(Outcome.RETRIED)
+    report(
+        Retrying(
+            call_id=update.call_id,
+            event_id=update.event_id,
+            version=update.version,
+            attempt=state.attempts_made,
+            attempts_used=state.attempts_used,
+            failure=failure,
+            delay=step.delay,
+        )
     )
     return Outcome.RETRIED.value
 
 
-def _next_step(rt: Runtime, state: RetryState, now: float, delay: float) -> RetryIn | GiveUp:
-    s = rt.settings
+def _next_step(sv: Services, state: RetryState, now: float, delay: float) -> RetryIn | GiveUp:
+    s = sv.settings
     return next_step(
         attempts_made=state.attempts_used,
         max_attempts=s.retry_max_attempts,
@@ -294,10 +325,10 @@ def _next_step(rt: Runtime, state: RetryState, now: float, delay: float) -> Retr
 
 
 def _bury(
-    rt: Runtime,
+    sv: Services,
     state: RetryState,
     update: TagUpdate | None,
-    reason: str,
+    reason: DeadReason,
     detail: str,
     *,
     task_id: str,
@@ -312,7 +343,7 @@ def _bury(
     can no longer land is not left in doubt."""
     record_id, call_id = _identity(update, state.received, task_id)
     version = update.version if update else None
-    record = rt.dead_letters.prepare(
+    record = sv.stores.dead_letters.prepare(
         record_id=record_id,
         reason=reason,
         detail=detail,
@@ -322,43 +353,45 @@ def _bury(
         attempt_counts=state.counts,
         first_seen=state.first_seen,
         task_id=task_id,
-        applied_version=rt.ordering.applied_version(call_id) if call_id else None,
+        applied_version=sv.stores.ordering.applied_version(call_id) if call_id else None,
     )
     definite = not sent or (last is not None and not last.maybe_applied)
     if call_id is None:
-        rt.ordering.finish(record_id, Outcome.DEAD, record)
+        sv.stores.ordering.finish(record_id, Outcome.DEAD, record)
     else:
-        fate = rt.ordering.dead(
+        fate = sv.stores.ordering.dead(
             call_id, record_id, record, token=token, version=version if definite else None
         )
-        if fate == "duplicate":
+        if fate is Death.DUPLICATE:
             return Outcome.DEAD
-        if fate == "resurrected":
-            observe.resurrected(call_id)
-    observe.dead(
-        record_id,
-        call_id,
-        reason,
-        detail,
-        attempts=state.attempts_made,
-        code=state.attempts[-1]["code"] if state.attempts else None,
-        version=version,
+        if fate is Death.RESURRECTED:
+            report(Resurrected(call_id=call_id))
+    report(
+        Dead(
+            event_id=record_id,
+            call_id=call_id,
+            version=version,
+            reason=reason,
+            detail=detail,
+            attempts=state.attempts_made,
+            code=state.attempts[-1]["code"] if state.attempts else None,
+        )
     )
-    if trimmed := rt.dead_letters.trim():
-        observe.dead_letters_trimmed(trimmed, rt.settings.dead_letter_max_records)
+    if trimmed := sv.stores.dead_letters.trim():
+        report(DeadLettersTrimmed(count=trimmed, limit=sv.settings.dead_letter_max_records))
     return Outcome.DEAD
 
 
 def refuse(
-    rt: Runtime, received: Any, carried: Any, reason: str, detail: str, *, task_id: str
+    sv: Services, received: Any, carried: Any, reason: DeadReason, detail: str, *, task_id: str
 ) -> Outcome:
     """A delivery refused before it could run (revoked, expired, quarantined, an option this
     task cannot honour, an envelope Celery cannot read): dead-lettered like any event that died,
     under its event id when it has one, so its call's order and its publisher's registration
     settle as for any other death. This delivery sent no request: it leaves nothing in doubt."""
     state = RetryState.resume(carried, received, time.time())
-    update = _validated_or_none(rt, received, task_id)
-    return _bury(rt, state, update, reason, detail, task_id=task_id, sent=False)
+    update = _validated_or_none(sv, received, task_id)
+    return _bury(sv, state, update, reason, detail, task_id=task_id, sent=False)
 
 
 def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, str | None]:
@@ -373,7 +406,7 @@ def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, st
 
 
 def _after_internal_error(
-    rt: Runtime,
+    sv: Services,
     event: Any,
     carried: dict[str, Any] | None,
     exc: Exception,
@@ -384,50 +417,52 @@ def _after_internal_error(
     """A bug, not the event's fault. If the API had already applied the event, record that
     (dead-lettering it would put older held-back events back over it); otherwise dead-letter
     it, giving up its lease."""
-    update = p.update or _validated_or_none(rt, event, task_id)
+    update = p.update or _validated_or_none(sv, event, task_id)
     if p.applied and update is not None:
-        recorded = rt.ordering.applied(
+        recorded = sv.stores.ordering.applied(
             update.call_id, update.version, update.event_id, update.tags_json, token=p.token
         )
         return (recorded.fate or Outcome.APPLIED).value
     state = RetryState.resume(carried, event, time.time())
     detail = f"{type(exc).__name__}: {exc}"
-    return _bury(rt, state, update, "internal_error", detail, task_id=task_id, token=p.token).value
+    return _bury(
+        sv, state, update, DeadReason.INTERNAL_ERROR, detail, task_id=task_id, token=p.token
+    ).value
 
 
-def _message(rt: Runtime, update: TagUpdate, state: RetryState) -> str:
+def _message(sv: Services, update: TagUpdate, state: RetryState) -> str:
     """The event as a self-contained message, to run again later or to hold back."""
     return build_task_message(
-        update.as_event(), queue=rt.settings.queue, retry_state=state.as_dict()
+        update.as_event(), queue=sv.settings.queue, retry_state=state.as_dict()
     )
 
 
-def _later(rt: Runtime, update: TagUpdate, state: RetryState, delay: float) -> None:
+def _later(sv: Services, update: TagUpdate, state: RetryState, delay: float) -> None:
     """Park the event's next message in the retry schedule."""
-    rt.retries.schedule(_message(rt, update, state), delay=delay)
+    sv.stores.retries.schedule(_message(sv, update, state), delay=delay)
 
 
-def _validated(rt: Runtime, raw: Any, task_id: str) -> TagUpdate:
+def _validated(sv: Services, raw: Any, task_id: str) -> TagUpdate:
     """The event as the worker's limits accept it; one that came without a version gets its
     place in the call's order at first receipt, kept for every later copy."""
     update = validate_event(
-        raw, limits=rt.settings.event_limits, default_version=0, default_event_id=task_id
+        raw, limits=sv.settings.event_limits, default_version=0, default_event_id=task_id
     )
     if _peek(raw, "version") is None:
-        version = rt.ordering.version_at_receipt(update.call_id, update.event_id)
+        version = sv.stores.ordering.version_at_receipt(update.call_id, update.event_id)
         update = replace(update, version=version)
     return update
 
 
-def _validated_or_none(rt: Runtime, raw: Any, task_id: str) -> TagUpdate | None:
+def _validated_or_none(sv: Services, raw: Any, task_id: str) -> TagUpdate | None:
     try:
-        return _validated(rt, raw, task_id)
+        return _validated(sv, raw, task_id)
     except InvalidEvent:
         return None
 
 
-def _lease_ms(rt: Runtime) -> int:
-    s = rt.settings
+def _lease_ms(sv: Services) -> int:
+    s = sv.settings
     return lease_ms_for(
         s.api_connect_timeout_ms,
         s.api_read_timeout_ms,
