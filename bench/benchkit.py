@@ -52,16 +52,16 @@ def namespace(redis_url: str = REDIS_URL, **settings: Any) -> Iterator[tuple[str
     """A fresh key prefix (also the queue name) and the stores that reads it; its keys go
     when the block ends."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    rt = Stores.connect(
+    stores = Stores.connect(
         load_settings(broker_url=redis_url, key_prefix=prefix, queue=prefix, **settings)
     )
     try:
-        yield prefix, rt
+        yield prefix, stores
     finally:
-        doomed = [*rt.redis.scan_iter(f"{prefix}*", count=1000)]
-        doomed += [*rt.redis.scan_iter(f"_kombu.binding*.{prefix}", count=1000)]
+        doomed = [*stores.redis.scan_iter(f"{prefix}*", count=1000)]
+        doomed += [*stores.redis.scan_iter(f"_kombu.binding*.{prefix}", count=1000)]
         if doomed:
-            rt.redis.delete(*doomed)
+            stores.redis.delete(*doomed)
 
 
 def worker_env(
@@ -102,8 +102,8 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(30)
 
 
-def settled(rt: Stores) -> int:
-    counts = rt.outcomes.snapshot()
+def settled(stores: Stores) -> int:
+    counts = stores.outcomes.snapshot()
     return sum(counts[f.value] for f in FATES)
 
 

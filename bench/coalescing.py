@@ -38,16 +38,16 @@ def run(
 ) -> list[int]:
     api.reset()
     rng = random.Random(7)
-    with namespace() as (prefix, rt):
+    with namespace() as (prefix, stores):
         worker = start_worker(
             worker_env(prefix, api.endpoint, TAGGING_API_RATE_LIMIT="100000"),
             "threads",
             concurrency,
         )
-        publisher = Publisher.from_settings(rt.settings)
+        publisher = Publisher.from_settings(stores.settings)
         try:
             publisher.publish({"call_id": "warm-up", "tags": ["x"]})
-            wait(lambda: settled(rt) >= 1, timeout=60)
+            wait(lambda: settled(stores) >= 1, timeout=60)
             for b in range(bursts):
                 versions = rng.sample(range(1, updates + 1), updates)
                 events = [
@@ -59,7 +59,7 @@ def run(
                     for event in events:
                         publisher.publish(event)
                         time.sleep(gap)
-            wait(lambda: settled(rt) >= 1 + bursts * updates, timeout=600, poll=0.1)
+            wait(lambda: settled(stores) >= 1 + bursts * updates, timeout=600, poll=0.1)
         finally:
             stop([worker])
     tags = api.all_tags()

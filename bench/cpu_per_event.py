@@ -46,9 +46,9 @@ def cpu_seconds(pid: int) -> float:
 def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:
     fake = FakeApi.start(50)
     try:
-        with namespace() as (prefix, rt):
+        with namespace() as (prefix, stores):
             n = int(600 * (seconds + 10))
-            Publisher.from_settings(rt.settings).publish_many(
+            Publisher.from_settings(stores.settings).publish_many(
                 [{"call_id": f"cpu-{i}", "tags": ["有意向"], "version": 1} for i in range(n)]
             )
             env = worker_env(prefix, fake.endpoint, TAGGING_API_RATE_LIMIT="100000")
@@ -56,14 +56,14 @@ def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:
             fake_pid = fake.proc.pid
 
             def redis_cpu() -> float:
-                info = rt.redis.info("cpu")
+                info = stores.redis.info("cpu")
                 return float(info["used_cpu_sys"] + info["used_cpu_user"])
 
             def sample() -> tuple[float, ...]:
                 kids = sum(cpu_seconds(c) for c in children(worker.pid))
                 return (
                     time.monotonic(),
-                    settled(rt),
+                    settled(stores),
                     cpu_seconds(worker.pid),
                     kids,
                     cpu_seconds(fake_pid),
@@ -71,7 +71,7 @@ def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:
                 )
 
             try:
-                wait(lambda: settled(rt) > 300, timeout=120)
+                wait(lambda: settled(stores) > 300, timeout=120)
                 before = sample()
                 time.sleep(seconds)
                 after = sample()
@@ -100,8 +100,8 @@ def task_body(n: int = 1000) -> tuple[float, float]:
             access_key_id=KEY_ID,
             access_key_secret=SECRET,
             api_rate_limit=100_000,
-        ) as (_, rt):
-            sv = Services.build(rt.settings)
+        ) as (_, stores):
+            sv = Services.build(stores.settings)
             events = [
                 {"call_id": f"body-{i}", "tags": ["有意向"], "version": 1, "event_id": f"e-{i}"}
                 for i in range(n + 100)

@@ -55,7 +55,7 @@ def main() -> None:
     api = FakeAlibabaApi(credentials={KEY_ID: SECRET}, latency_ms=args.latency_ms).start()
     api.set_quota(args.quota)
     limit = args.quota * args.limit_factor
-    with namespace(api_rate_limit=limit) as (prefix, rt):
+    with namespace(api_rate_limit=limit) as (prefix, stores):
         env = worker_env(
             prefix,
             api.endpoint,
@@ -64,7 +64,7 @@ def main() -> None:
             TAGGING_RETRY_CAP_SECONDS="5",
             TAGGING_CIRCUIT_COOLDOWN_SECONDS="2",
         )
-        publisher = Publisher(rt.ordering, limits=rt.settings.event_limits)
+        publisher = Publisher(stores.ordering, limits=stores.settings.event_limits)
         steady_events = int(args.quota * (args.warmup + args.steady + 10))
         publisher.publish_many(
             [{"call_id": f"s-{n}", "tags": ["有意向"], "version": 1} for n in range(steady_events)]
@@ -77,8 +77,8 @@ def main() -> None:
             window = [c for c in api.calls() if first + args.warmup <= c.at]
             ok = sum(1 for c in window if c.answer == "OK")
             throttled = sum(1 for c in window if c.answer.startswith("Throttling"))
-            pace = rt.flow.snapshot()
-            wait(lambda: settled(rt) >= steady_events, timeout=600, poll=0.2)
+            pace = stores.flow.snapshot()
+            wait(lambda: settled(stores) >= steady_events, timeout=600, poll=0.2)
 
             api.add_fault("close")
             down_at = time.time()
@@ -93,10 +93,10 @@ def main() -> None:
             up_at = time.time()
             during = sum(1 for c in api.calls() if down_at <= c.at < up_at)
             total = steady_events + args.backlog
-            wait(lambda: settled(rt) >= total, timeout=3600, poll=0.2)
+            wait(lambda: settled(stores) >= total, timeout=3600, poll=0.2)
             drained = time.time() - up_at
-            dead = rt.dead_letters.count()
-            applied = rt.outcomes.snapshot()["applied"]
+            dead = stores.dead_letters.count()
+            applied = stores.outcomes.snapshot()["applied"]
         finally:
             stop(workers)
             api.stop()

@@ -37,11 +37,11 @@ def at_load(
     redis_url: str, endpoint: str, pool: str, concurrency: int, rate: float, seconds: float
 ) -> list[float]:
     """Seconds from publish to fate for every event published at `rate` for `seconds`."""
-    with namespace(redis_url) as (prefix, rt):
+    with namespace(redis_url) as (prefix, stores):
         published: dict[str, float] = {}
         finished: dict[str, float] = {}
-        fate_prefix = rt.keys.fate("")
-        pubsub = rt.redis.pubsub()
+        fate_prefix = stores.keys.fate("")
+        pubsub = stores.redis.pubsub()
         pubsub.psubscribe(f"__keyspace@0__:{fate_prefix}*")
 
         listening = threading.Event()
@@ -63,10 +63,10 @@ def at_load(
             pool,
             concurrency,
         )
-        publisher = Publisher.from_settings(rt.settings)
+        publisher = Publisher.from_settings(stores.settings)
         try:
             publisher.publish({"call_id": "warm-up", "tags": ["x"]})
-            wait(lambda: settled(rt) >= 1, timeout=60)
+            wait(lambda: settled(stores) >= 1, timeout=60)
             total = int(rate * seconds)
             start = time.monotonic()
             for n in range(total):

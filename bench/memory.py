@@ -59,8 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     api = FakeAlibabaApi(credentials={KEY_ID: SECRET}).start()
     api.add_fault("stall")
-    with own_redis() as redis_url, namespace(redis_url) as (prefix, rt):
-        redis_before = rt.redis.info("memory")["used_memory"] / 2**20
+    with own_redis() as redis_url, namespace(redis_url) as (prefix, stores):
+        redis_before = stores.redis.info("memory")["used_memory"] / 2**20
         worker = start_worker(
             worker_env(prefix, api.endpoint, redis_url, TAGGING_API_READ_TIMEOUT_MS="600000"),
             args.pool,
@@ -69,7 +69,7 @@ def main() -> None:
         try:
             time.sleep(args.settle)
             idle = rss_mib(worker.pid), tree_pss_mib(worker.pid)
-            publisher = Publisher.from_settings(rt.settings)
+            publisher = Publisher.from_settings(stores.settings)
             publisher.publish_many(
                 {"call_id": f"call-{n}", "tags": ["有意向", "需跟进"], "version": 1}
                 for n in range(args.queued)
@@ -78,12 +78,12 @@ def main() -> None:
                 message = build_task_message(
                     {"call_id": f"retry-{n}", "tags": ["有意向"], "version": 1}, queue=prefix
                 )
-                rt.retries.schedule(message, delay=3600)
+                stores.retries.schedule(message, delay=3600)
             time.sleep(args.settle)  # the worker has filled its slots, seen the schedule
             loaded = rss_mib(worker.pid), tree_pss_mib(worker.pid)
-            queued = rt.redis.llen(prefix)
-            waiting = rt.retries.pending()
-            redis_after = rt.redis.info("memory")["used_memory"] / 2**20
+            queued = stores.redis.llen(prefix)
+            waiting = stores.retries.pending()
+            redis_after = stores.redis.info("memory")["used_memory"] / 2**20
         finally:
             api.release_stalls()
             api.clear_faults()

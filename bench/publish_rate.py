@@ -23,8 +23,8 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=1_000)
     args = parser.parse_args()
-    with namespace() as (_, rt):
-        publisher = Publisher.from_settings(rt.settings)
+    with namespace() as (_, stores):
+        publisher = Publisher.from_settings(stores.settings)
         started = time.perf_counter()
         for n in range(args.single):
             publisher.publish({"call_id": f"single-{n}", "tags": ["有意向"], "source": "crm"})
@@ -36,7 +36,7 @@ def main() -> None:
         started = time.perf_counter()
         publisher.publish_many(events, chunk=args.chunk)
         bulk = args.bulk / (time.perf_counter() - started)
-        queued = rt.redis.llen(rt.settings.queue)
+        queued = stores.redis.llen(stores.settings.queue)
 
     print(f"\n`{command_line()}`\n")
     print("| how | events | events/s | target |")

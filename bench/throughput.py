@@ -113,8 +113,8 @@ def worker(
 ) -> float:
     """Events/s of `processes` workers sharing `concurrency` slots, draining `events`
     published beforehand, from the first fate to the last (so start-up is not counted)."""
-    with namespace(redis_url) as (prefix, rt):
-        Publisher.from_settings(rt.settings).publish_many(
+    with namespace(redis_url) as (prefix, stores):
+        Publisher.from_settings(stores.settings).publish_many(
             [
                 {"call_id": f"call-{prefix}-{n}", "tags": ["有意向"], "version": 1}
                 for n in range(events)
@@ -123,9 +123,9 @@ def worker(
         env = worker_env(prefix, endpoint, redis_url, TAGGING_API_RATE_LIMIT="100000")
         procs = [start_worker(env, pool, concurrency // processes) for _ in range(processes)]
         try:
-            wait(lambda: settled(rt) > 0, timeout=60)
-            first, count_then = time.monotonic(), settled(rt)
-            wait(lambda: settled(rt) >= events, timeout=600)
+            wait(lambda: settled(stores) > 0, timeout=60)
+            first, count_then = time.monotonic(), settled(stores)
+            wait(lambda: settled(stores) >= events, timeout=600)
             return (events - count_then) / (time.monotonic() - first)
         finally:
             stop(procs)

@@ -89,7 +89,7 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    rt = Stores.connect(load_settings())
+    stores = Stores.connect(load_settings())
     workers: list[WorkerProcess] = []
 
     def start_worker(pool: str) -> WorkerProcess:
@@ -104,7 +104,7 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
 
     def settled_at_least(fraction: float) -> bool:
         _replace_the_dead(workers, start_worker)
-        return _settled(rt) >= fraction * len(events)
+        return _settled(stores) >= fraction * len(events)
 
     in_flight: list[int] = []
     rng = random.Random(20261124)
@@ -113,18 +113,18 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
     try:
         start_worker("threads")
         start_worker("prefork")
-        publisher = Publisher(rt.ordering, limits=rt.settings.event_limits)
+        publisher = Publisher(stores.ordering, limits=stores.settings.event_limits)
         for start in range(0, len(events), 100):  # trickled, so workers race the producers
-            _publish(rt, publisher, events[start : start + 100])
+            _publish(stores, publisher, events[start : start + 100])
             time.sleep(0.15)
 
         for fraction, act in (
-            (0.15, lambda: _kill_and_replace(workers, start_worker, rt, in_flight)),
+            (0.15, lambda: _kill_and_replace(workers, start_worker, stores, in_flight)),
             (0.3, own_redis.restart),
-            (0.45, lambda: _replay_every_dead_letter(rt)),
+            (0.45, lambda: _replay_every_dead_letter(stores)),
             (0.55, own_redis.crash),
-            (0.6, lambda: _kill_and_replace(workers, start_worker, rt, in_flight)),
-            (0.75, lambda: _export_delete_import(rt)),
+            (0.6, lambda: _kill_and_replace(workers, start_worker, stores, in_flight)),
+            (0.75, lambda: _export_delete_import(stores)),
         ):
             wait_for(
                 lambda f=fraction: settled_at_least(f),
@@ -135,9 +135,9 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
 
         try:
             wait_for(lambda: settled_at_least(1.0), timeout=180, what="every event settled")
-            wait_for(lambda: _at_rest(rt, workers, start_worker), timeout=60, what="rest")
+            wait_for(lambda: _at_rest(stores, workers, start_worker), timeout=60, what="rest")
         except AssertionError as exc:
-            raise AssertionError(_whereabouts(rt, events)) from exc
+            raise AssertionError(_whereabouts(stores, events)) from exc
         time.sleep(1)  # anything still moving would now show as an extra fate
         elapsed = time.monotonic() - started
 
@@ -145,7 +145,7 @@ def test_chaos_every_event_accounted_for_and_newest_wins(
         resent = sum(int(n) for n in re.findall(r"(\d+) message\(s\) it held are back", logs))
         kills = Counter(re.findall(r"failpoint (\w+): killing", logs))
         with capsys.disabled():
-            _assert_guarantees(rt, api, events, elapsed, in_flight, resent, kills)
+            _assert_guarantees(stores, api, events, elapsed, in_flight, resent, kills)
     finally:
         for worker in workers:
             worker.stop()
@@ -173,7 +173,7 @@ def _events(rng: random.Random) -> list[dict]:
     return events
 
 
-def _publish(rt: Stores, publisher: Publisher, batch: list[dict]) -> None:
+def _publish(stores: Stores, publisher: Publisher, batch: list[dict]) -> None:
     by_publisher = [e for e in batch if e["kind"] == "publisher"]
     publisher.publish_many(
         [e["event"] for e in by_publisher] + [e["event"] for e in by_publisher if e["twice"]]
@@ -181,7 +181,7 @@ def _publish(rt: Stores, publisher: Publisher, batch: list[dict]) -> None:
     for e in batch:
         if e["kind"] != "publisher":
             for _ in range(2 if e["twice"] else 1):
-                rt.redis.lpush("chaos", build_task_message(e["event"], queue="chaos"))
+                stores.redis.lpush("chaos", build_task_message(e["event"], queue="chaos"))
 
 
 def _replace_the_dead(
@@ -194,29 +194,31 @@ def _replace_the_dead(
             start_worker(worker.pool)
 
 
-def _replay_every_dead_letter(rt: Stores) -> None:
-    for record in rt.dead_letters.list(limit=10_000):
-        replay_dead_letter(rt, record.id)
+def _replay_every_dead_letter(stores: Stores) -> None:
+    for record in stores.dead_letters.list(limit=10_000):
+        replay_dead_letter(stores, record.id)
 
 
-def _export_delete_import(rt: Stores) -> None:
-    records = list(rt.dead_letters.iter_records())
+def _export_delete_import(stores: Stores) -> None:
+    records = list(stores.dead_letters.iter_records())
     whole = [r for r in records if isinstance(r, DeadLetter)]
     assert whole == records, "the worker wrote a record its schema refuses"
     for record in whole:
-        rt.dead_letters.delete(record.id)
+        stores.dead_letters.delete(record.id)
     for record in whole:
-        rt.dead_letters.restore(record, replace=False)
+        stores.dead_letters.restore(record, replace=False)
 
 
 def _at_rest(
-    rt: Stores, workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
+    stores: Stores, workers: list[WorkerProcess], start_worker: Callable[[str], WorkerProcess]
 ) -> bool:
     """Nothing queued, delayed or in doubt: every repair that was due has been made."""
     _replace_the_dead(workers, start_worker)
     try:
         return not (
-            rt.redis.llen("chaos") or rt.retries.pending() or rt.redis.zcard(rt.keys.settle_index)
+            stores.redis.llen("chaos")
+            or stores.retries.pending()
+            or stores.redis.zcard(stores.keys.settle_index)
         )
     except redis.RedisError:
         return False
@@ -225,7 +227,7 @@ def _at_rest(
 def _kill_and_replace(
     workers: list[WorkerProcess],
     start_worker: Callable[[str], WorkerProcess],
-    rt: Stores,
+    stores: Stores,
     in_flight: list[int],
 ) -> None:
     """SIGKILL the oldest live worker while messages are taken and not yet acknowledged
@@ -234,51 +236,51 @@ def _kill_and_replace(
     _replace_the_dead(workers, start_worker)
     victim = next(w for w in workers if not w.replaced)
     deadline = time.monotonic() + 20
-    while _held(rt) == 0 and time.monotonic() < deadline:
+    while _held(stores) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    in_flight.append(_held(rt))
+    in_flight.append(_held(stores))
     victim.replaced = True
     if victim.proc.poll() is None:
         victim.kill()
     start_worker(victim.pool)
 
 
-def _held(rt: Stores) -> int:
+def _held(stores: Stores) -> int:
     """Messages taken by workers and not yet acknowledged (reliable fetch's held lists)."""
-    held = rt.redis.scan_iter("chaos:fetch:chaos:held:*", count=1000)
-    return sum(int(rt.redis.llen(key)) for key in held)
+    held = stores.redis.scan_iter("chaos:fetch:chaos:held:*", count=1000)
+    return sum(int(stores.redis.llen(key)) for key in held)
 
 
-def _whereabouts(rt: Stores, events: list[dict]) -> str:
+def _whereabouts(stores: Stores, events: list[dict]) -> str:
     """Where the events without a fate are, to make a failure explain itself."""
-    lost = [e["event"] for e in events if rt.ordering.fate(e["event"]["event_id"]) is None]
+    lost = [e["event"] for e in events if stores.ordering.fate(e["event"]["event_id"]) is None]
     lines = [
-        f"{len(lost)} events without a fate; queue {rt.redis.llen('chaos')}, "
-        f"delayed retries {rt.retries.pending()}, held by workers {_held(rt)}, "
-        f"calls to settle {rt.redis.zcard(rt.keys.settle_index)}"
+        f"{len(lost)} events without a fate; queue {stores.redis.llen('chaos')}, "
+        f"delayed retries {stores.retries.pending()}, held by workers {_held(stores)}, "
+        f"calls to settle {stores.redis.zcard(stores.keys.settle_index)}"
     ]
     for e in lost[:5]:
         call = e["call_id"]
         lines.append(
             f"{call} v{e.get('version')} {e['event_id']}: "
-            f"applied={rt.ordering.applied_version(call)} "
-            f"pending={rt.redis.zrange(rt.keys.pending(call), 0, -1, withscores=True)} "
-            f"parked={rt.redis.zrange(rt.keys.parked(call), 0, -1)} "
-            f"lease={rt.redis.get(rt.keys.lease(call))}"
+            f"applied={stores.ordering.applied_version(call)} "
+            f"pending={stores.redis.zrange(stores.keys.pending(call), 0, -1, withscores=True)} "
+            f"parked={stores.redis.zrange(stores.keys.parked(call), 0, -1)} "
+            f"lease={stores.redis.get(stores.keys.lease(call))}"
         )
     return "\n".join(lines)
 
 
-def _settled(rt: Stores) -> int:
+def _settled(stores: Stores) -> int:
     try:
-        counts = rt.outcomes.snapshot()
+        counts = stores.outcomes.snapshot()
     except redis.RedisError:
         return 0
     return sum(counts[fate.value] for fate in FATES)
 
 
 def _assert_guarantees(
-    rt: Stores,
+    stores: Stores,
     api: FakeAlibabaApi,
     events: list[dict],
     elapsed: float,
@@ -286,13 +288,13 @@ def _assert_guarantees(
     resent: int,
     kills: Counter[str],
 ) -> None:
-    counts = rt.outcomes.snapshot()
+    counts = stores.outcomes.snapshot()
     calls = api.calls()
     by_tags = {e["event"]["tags"][0]: e["event"] for e in events}
     version = {
         e["event_id"]: e.get("version")
         if "version" in e
-        else int(rt.redis.get(rt.keys.received(e["event_id"])))
+        else int(stores.redis.get(stores.keys.received(e["event_id"])))
         for e in (x["event"] for x in events)
     }
     late = [c for c in calls if c.answer == "OK-LATE"]
@@ -310,10 +312,10 @@ def _assert_guarantees(
         f"{_longest_regression(calls, by_tags, version):.2f} s"
     )
 
-    fates = Counter(rt.ordering.fate(e["event"]["event_id"]) for e in events)
+    fates = Counter(stores.ordering.fate(e["event"]["event_id"]) for e in events)
 
     # Guarantee 1: exactly one recorded fate per event, and the counters agree.
-    assert None not in fates, _whereabouts(rt, events)
+    assert None not in fates, _whereabouts(stores, events)
     assert sum(counts[f.value] for f in FATES) == len(events)
     assert {f.value: counts[f.value] for f in FATES} == {f.value: fates[f.value] for f in FATES}
 
@@ -323,11 +325,11 @@ def _assert_guarantees(
     # delivered again (its worker killed between the refusal and the dead letter, or replayed)
     # may instead have lost to a newer version before it reached the API again.
     refused = {by_tags[c.tags[0]]["event_id"] for c in calls if c.answer == PERMANENT_CODE}
-    dead = {r.id for r in rt.dead_letters.list(limit=len(events))}
-    assert dead == {e for e in refused if rt.ordering.fate(e) == "dead"}
+    dead = {r.id for r in stores.dead_letters.list(limit=len(events))}
+    assert dead == {e for e in refused if stores.ordering.fate(e) == "dead"}
     outdone = refused - dead
-    assert {rt.ordering.fate(e) for e in outdone} <= {"stale", "superseded"}
-    reasons = {r.reason for r in rt.dead_letters.list(limit=len(events))}
+    assert {stores.ordering.fate(e) for e in outdone} <= {"stale", "superseded"}
+    reasons = {r.reason for r in stores.dead_letters.list(limit=len(events))}
     assert reasons <= {DeadReason.PERMANENT_ERROR}
 
     # Guarantee 2: each call holds its newest version that was not dead-lettered ...

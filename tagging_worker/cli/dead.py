@@ -210,13 +210,13 @@ def dead_replay(
     """Put dead letters back on the queue with a fresh attempt budget, each in one step: a
     replay stopped half way leaves every record either replayed or still dead. A damaged
     record, or one that names another queue, is refused and stays."""
-    rt = stores_or_exit()
-    store = rt.dead_letters
+    stores = stores_or_exit()
+    store = stores.dead_letters
     where = _where(reason, code, call_id, source, since, until)
     if edit:
         if not record_ids or len(record_ids) != 1 or all_matching or not where.empty:
             bad_input("--edit takes exactly one id")
-        raise SystemExit(_replay_edited(rt, store, record_ids[0], dry_run=dry_run))
+        raise SystemExit(_replay_edited(stores, store, record_ids[0], dry_run=dry_run))
     ids = _select(store, record_ids, all_matching, where)
     if dry_run:
         found = [r for r in (store.get(i) for i in ids) if r is not None]
@@ -233,7 +233,7 @@ def dead_replay(
         also = f", {len(refused)} would be refused" if refused else ""
         out.print(f"dry run: {len(sent)} would be replayed{also}, nothing moved")
         return
-    done = _replay_paced(rt, store, ids, rate=rate, force=force, where=where)
+    done = _replay_paced(stores, store, ids, rate=rate, force=force, where=where)
     if as_json:
         _print_json(
             {
@@ -279,7 +279,7 @@ class _Replayed:
 
 
 def _replay_paced(
-    rt: Stores,
+    stores: Stores,
     store: DeadLetterStore,
     ids: Iterable[str],
     *,
@@ -293,7 +293,7 @@ def _replay_paced(
         event = record.replay_event()
         if not isinstance(event, dict) or not isinstance(event.get("version"), int):
             return event
-        applied = known_version(rt, record)
+        applied = known_version(stores, record)
         version = winning_version(event["version"], applied)
         if version is None:
             return event
@@ -310,7 +310,7 @@ def _replay_paced(
         for n, record_id in enumerate(ids):
             time.sleep(max(0.0, started + n / rate - time.monotonic()))
             try:
-                moved = replay_dead_letter(rt, record_id, revise=win if force else None)
+                moved = replay_dead_letter(stores, record_id, revise=win if force else None)
             except ReplayRefused as exc:
                 done.refused.append({"id": record_id, "why": exc.why})
             else:
@@ -319,7 +319,7 @@ def _replay_paced(
     return done
 
 
-def _replay_edited(rt: Stores, store: DeadLetterStore, record_id: str, *, dry_run: bool) -> int:
+def _replay_edited(stores: Stores, store: DeadLetterStore, record_id: str, *, dry_run: bool) -> int:
     record = store.get(record_id)
     if record is None:
         complain(f"tagging-worker: no dead letter {record_id}")
@@ -338,7 +338,7 @@ def _replay_edited(rt: Stores, store: DeadLetterStore, record_id: str, *, dry_ru
     try:
         update = validate_event(
             json.loads(text),
-            limits=rt.settings.event_limits,
+            limits=stores.settings.event_limits,
             default_version=int(time.time() * 1000),
             default_event_id=record.event_id or record_id,
         )
@@ -354,7 +354,7 @@ def _replay_edited(rt: Stores, store: DeadLetterStore, record_id: str, *, dry_ru
         out.print("dry run: nothing moved")
         return 0
     try:
-        moved = replay_dead_letter(rt, record_id, revise=lambda _: fixed)
+        moved = replay_dead_letter(stores, record_id, revise=lambda _: fixed)
     except ReplayRefused as exc:
         complain(f"not replayed ({exc.why}): {record_id}")
         return 1

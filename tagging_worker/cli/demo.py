@@ -40,20 +40,22 @@ def run_demo(out: Console, *, sample_count: int, namespace: str = NAMESPACE) -> 
         return 1
     with FakeAlibabaApi(credentials={DEMO_KEY_ID: DEMO_KEY_SECRET}) as api:
         env = _worker_env(broker, api.endpoint, namespace)
-        rt = Stores.connect(load_settings(broker_url=broker, queue=namespace, key_prefix=namespace))
-        _forget_previous_run(rt)
+        stores = Stores.connect(
+            load_settings(broker_url=broker, queue=namespace, key_prefix=namespace)
+        )
+        _forget_previous_run(stores)
         out.rule("tagging-worker demo")
         out.print(f"fake Alibaba Cloud API on http://{api.endpoint}; Redis at {broker}")
         with tempfile.TemporaryDirectory() as scratch:
             worker = _start_worker(env, Path(scratch) / "worker.log")
             try:
-                return _story(out, rt, api, sample_count)
+                return _story(out, stores, api, sample_count)
             finally:
                 worker.terminate()
                 worker.wait(30)
 
 
-def _story(out: Console, rt: Stores, api: FakeAlibabaApi, sample_count: int) -> int:
+def _story(out: Console, stores: Stores, api: FakeAlibabaApi, sample_count: int) -> int:
     api.add_fault("throttle", call_id=THROTTLED, times=1, retry_after_ms=300)
     api.add_fault(
         "error",
@@ -71,18 +73,18 @@ def _story(out: Console, rt: Stores, api: FakeAlibabaApi, sample_count: int) -> 
         }
         for n in range(1, sample_count + 1)
     ]
-    publisher = Publisher(rt.ordering, limits=rt.settings.event_limits)
+    publisher = Publisher(stores.ordering, limits=stores.settings.event_limits)
     publisher.publish_many(events)
     out.print(
         f"published {len(events)} events; {THROTTLED} will be throttled once, "
         f"{BROKEN} rejected as invalid by the API"
     )
-    if not _wait(rt, lambda c: c["applied"] + c["dead"] >= len(events)):
+    if not _wait(stores, lambda c: c["applied"] + c["dead"] >= len(events)):
         out.print("[red]the worker did not finish in time[/]")
         return 1
     _show_calls(out, api, events, "after the first pass")
     # The demo's worker wrote these moments ago under the demo's own prefix: none is damaged.
-    dead = [r for r in rt.dead_letters.list() if isinstance(r, DeadLetter)]
+    dead = [r for r in stores.dead_letters.list() if isinstance(r, DeadLetter)]
     for record in dead:
         last = record.attempts[-1] if record.attempts else None
         out.print(
@@ -96,14 +98,14 @@ def _story(out: Console, rt: Stores, api: FakeAlibabaApi, sample_count: int) -> 
     out.print("the operator fixes the cause (the API now accepts the tag) and replays:")
     api.clear_faults()
     for record in dead:
-        replay_dead_letter(rt, record.id)
-    applied_before = rt.outcomes.snapshot()["applied"]
-    if not _wait(rt, lambda c: c["applied"] >= applied_before + len(dead)):
+        replay_dead_letter(stores, record.id)
+    applied_before = stores.outcomes.snapshot()["applied"]
+    if not _wait(stores, lambda c: c["applied"] >= applied_before + len(dead)):
         out.print("[red]the replay did not finish in time[/]")
         return 1
     _show_calls(out, api, events, "after the replay")
-    counts = rt.outcomes.snapshot()
-    out.print(f"outcomes: {counts}; dead letters left: {rt.dead_letters.count()}")
+    counts = stores.outcomes.snapshot()
+    out.print(f"outcomes: {counts}; dead letters left: {stores.dead_letters.count()}")
     ok = all(api.tags_of(e["call_id"]) == e["tags"] for e in events)
     out.print("[green]every call holds its tags[/]" if ok else "[red]some calls differ[/]")
     return 0 if ok else 1
@@ -125,10 +127,10 @@ def _show_calls(out: Console, api: FakeAlibabaApi, events: list[dict], title: st
     out.print(table)
 
 
-def _wait(rt: Stores, done: Callable[[dict[str, int]], bool], timeout: float = 60.0) -> bool:
+def _wait(stores: Stores, done: Callable[[dict[str, int]], bool], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if done(rt.outcomes.snapshot()):
+        if done(stores.outcomes.snapshot()):
             return True
         time.sleep(0.1)
     return False
@@ -161,11 +163,11 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
         )
 
 
-def _forget_previous_run(rt: Stores) -> None:
+def _forget_previous_run(stores: Stores) -> None:
     """Only the demo's own keys: its prefix and its queue."""
-    doomed = [*rt.redis.scan_iter(f"{rt.settings.key_prefix}*", count=1000)]
+    doomed = [*stores.redis.scan_iter(f"{stores.settings.key_prefix}*", count=1000)]
     if doomed:
-        rt.redis.delete(*doomed)
+        stores.redis.delete(*doomed)
 
 
 def _ensure_redis(url: str, out: Console) -> bool:

@@ -146,12 +146,12 @@ def status(
     ] = True,
 ) -> None:
     """Queue, retries, dead letters, outcomes and rates, the API's pace and circuit, workers."""
-    rt = stores_or_exit()
+    stores = stores_or_exit()
 
     def snapshot() -> dict[str, Any]:
-        found = gather(rt)
+        found = gather(stores)
         if workers:
-            found["workers"] = live_workers(rt)
+            found["workers"] = live_workers(stores)
         return found
 
     if as_json:

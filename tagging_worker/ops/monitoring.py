@@ -64,8 +64,8 @@ CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 class RedisCollector:
     """The shared state, read from Redis at each scrape."""
 
-    def __init__(self, rt: Stores) -> None:
-        self._rt = rt
+    def __init__(self, stores: Stores) -> None:
+        self._rt = stores
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -110,10 +110,10 @@ class RedisCollector:
         )
 
 
-def registry_for(rt: Stores) -> CollectorRegistry:
+def registry_for(stores: Stores) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    registry.register(RedisCollector(rt))  # type: ignore[arg-type]
+    registry.register(RedisCollector(stores))  # type: ignore[arg-type]
     return registry
 
 

@@ -11,7 +11,7 @@ from tagging_worker.state.fetch import held_messages
 from tagging_worker.state.stores import Stores
 
 
-def gather(rt: Stores) -> dict[str, Any]:
+def gather(stores: Stores) -> dict[str, Any]:
     """Counts are read one after another, not in one transaction: a busy system moves
     between them, which is fine for a view. Redis only: metrics scrapes use it too.
 
@@ -19,33 +19,33 @@ def gather(rt: Stores) -> dict[str, Any]:
     (taken, not acknowledged) and waiting to retry, settle checks included. Events parked
     behind a newer version of their call are not counted: they sit in per-call keys that no
     index lists, and most of them end superseded without running."""
-    outcomes = rt.outcomes.snapshot()
-    queued = int(rt.redis.llen(rt.settings.queue))
-    delayed = rt.retries.pending()
-    held = held_messages(rt.redis, rt.keys.fetch, rt.settings.queue)
+    outcomes = stores.outcomes.snapshot()
+    queued = int(stores.redis.llen(stores.settings.queue))
+    delayed = stores.retries.pending()
+    held = held_messages(stores.redis, stores.keys.fetch, stores.settings.queue)
     return {
-        "queue": rt.settings.queue,
+        "queue": stores.settings.queue,
         "queued": queued,
         "delayed_retries": delayed,
         "unfinished_events": queued + held + delayed,
-        "dead_letters": rt.dead_letters.count(),
-        "dead_letters_by_reason": rt.dead_letters.count_by_reason(),
-        "dead_letters_by_code": rt.dead_letters.count_by_code(),
+        "dead_letters": stores.dead_letters.count(),
+        "dead_letters_by_reason": stores.dead_letters.count_by_reason(),
+        "dead_letters_by_code": stores.dead_letters.count_by_code(),
         "outcomes": outcomes,
         "rates_per_second": {
-            "last_minute": rt.outcomes.rates(60, current=outcomes),
-            "last_5_minutes": rt.outcomes.rates(300, current=outcomes),
+            "last_minute": stores.outcomes.rates(60, current=outcomes),
+            "last_5_minutes": stores.outcomes.rates(300, current=outcomes),
         },
-        "api": rt.flow.snapshot(),
+        "api": stores.flow.snapshot(),
     }
 
 
-def live_workers(rt: Stores, *, timeout: float = 1.0) -> list[dict[str, Any]]:
+def live_workers(stores: Stores, *, timeout: float = 1.0) -> list[dict[str, Any]]:
     """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
     now (paused by the open circuit)."""
     control = Celery(
-        broker=rt.settings.broker_url,
-        broker_transport_options=broker_transport_options(rt.settings),
+        broker=stores.settings.broker_url,
+        broker_transport_options=broker_transport_options(stores.settings),
     ).control
     inspect = control.inspect(timeout=timeout)
     queues = inspect.active_queues() or {}
@@ -56,14 +56,14 @@ def live_workers(rt: Stores, *, timeout: float = 1.0) -> list[dict[str, Any]]:
         running = [
             t
             for t in active.get(name) or []
-            if t.get("delivery_info", {}).get("routing_key") == rt.settings.queue
+            if t.get("delivery_info", {}).get("routing_key") == stores.settings.queue
         ]
-        if rt.settings.queue in serving or running or not serving:
+        if stores.settings.queue in serving or running or not serving:
             found.append(
                 {
                     "name": name,
                     "active_tasks": len(running),
-                    "consuming": rt.settings.queue in serving,
+                    "consuming": stores.settings.queue in serving,
                 }
             )
     return found

@@ -12,7 +12,7 @@ from tagging_worker.state.stores import Stores
 
 
 def replay_dead_letter(
-    rt: Stores, record_id: str, *, revise: Callable[[DeadLetter], Any] | None = None
+    stores: Stores, record_id: str, *, revise: Callable[[DeadLetter], Any] | None = None
 ) -> bool:
     """Move one record back onto the queue with a fresh attempt budget, as it was or as
     `revise(record)` makes it.
@@ -20,9 +20,9 @@ def replay_dead_letter(
     False when the record is gone, or changed between reading and moving it (then it stays);
     ReplayRefused when it is damaged or cannot be sent (it stays too).
     """
-    queue = rt.settings.queue
+    queue = stores.settings.queue
     try:
-        return rt.dead_letters.replay(
+        return stores.dead_letters.replay(
             record_id,
             queue=queue,
             build_message=lambda event: build_task_message(event, queue=queue),
@@ -32,12 +32,12 @@ def replay_dead_letter(
         return False
 
 
-def known_version(rt: Stores, record: DeadLetter) -> int | None:
+def known_version(stores: Stores, record: DeadLetter) -> int | None:
     """The newest version the record's call is known to have applied: what Redis holds, or
     what the record saw when the event died, whichever is higher (Redis may have forgotten,
     or the record may come from another environment)."""
     seen = [
-        None if record.call_id is None else rt.ordering.applied_version(record.call_id),
+        None if record.call_id is None else stores.ordering.applied_version(record.call_id),
         record.applied_version,
     ]
     known = [v for v in seen if v is not None]

@@ -20,7 +20,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -321,16 +321,7 @@ class Attempt:
     """Whether the request may have landed although it failed (a timeout, a lost answer)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "code": self.code,
-            "message": self.message,
-            "http_status": self.http_status,
-            "request_id": self.request_id,
-            "kind": self.kind,
-            "charged": self.charged,
-            "maybe_applied": self.maybe_applied,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -343,12 +334,7 @@ class AttemptCounts:
     elided_kinds: dict[str, int] | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "attempts_made": self.attempts_made,
-            "attempts_used": self.attempts_used,
-            "elided": self.elided,
-            "elided_kinds": self.elided_kinds,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
