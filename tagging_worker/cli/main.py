@@ -22,6 +22,7 @@ from tagging_worker.cli.demo import run_demo
 from tagging_worker.cli.support import (
     JsonFlag,
     bad_input,
+    bad_path,
     err,
     out,
     read_text_or_exit,
@@ -91,6 +92,9 @@ def publish(
     tags_json: Annotated[
         str | None, typer.Option(help='Tags as a JSON array: \'["a","b"]\'.')
     ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove every tag of the call (no --tag given).")
+    ] = False,
     version: Annotated[int | None, typer.Option(help="Ordering key; default: now in ms.")] = None,
     event_id: Annotated[str | None, typer.Option(help="Idempotency key; default: a UUID.")] = None,
     source: Annotated[str | None, typer.Option()] = None,
@@ -98,19 +102,31 @@ def publish(
         Path | None, typer.Option(help="JSON event, or JSON lines of events; '-' for stdin.")
     ] = None,
 ) -> None:
-    """Publish tag-update events; prints one event_id per line."""
+    """Publish tag-update events; prints one event_id per line.
+
+    The API replaces a call's whole tag list, so an event with no tags clears them: that takes
+    --clear, never a forgotten --tag."""
+    one_event = {
+        "--call-id": call_id,
+        "--tag": tag,
+        "--tags-json": tags_json,
+        "--clear": clear or None,
+        "--version": version,
+        "--event-id": event_id,
+        "--source": source,
+    }
     if file is not None:
+        given = [name for name, value in one_event.items() if value is not None]
+        if given:
+            bad_input(f"--file holds whole events: give it without {', '.join(given)}")
         events = _read_events(file)
     elif call_id is not None:
-        event: dict[str, Any] = {
-            "call_id": call_id,
-            "tags": tags_json if tags_json else (tag or []),
-        }
+        event: dict[str, Any] = {"call_id": call_id, "tags": _tags(tag, tags_json, clear)}
         extra = {"version": version, "event_id": event_id, "source": source}
         event.update({k: v for k, v in extra.items() if v is not None})
         events = [event]
     else:
-        bad_input("give --call-id (with --tag/--tags-json) or --file")
+        bad_input("give --call-id (with --tag, --tags-json or --clear) or --file")
     publisher = Publisher.from_settings(settings_or_exit())
     try:
         ids = publisher.publish_many(events)
@@ -120,20 +136,48 @@ def publish(
         out.print(published, markup=False)
 
 
+def _tags(tag: list[str] | None, tags_json: str | None, clear: bool) -> Any:
+    """The event's tags from exactly one of the three ways to give them."""
+    given = [
+        name for name, on in (("--tag", tag), ("--tags-json", tags_json), ("--clear", clear)) if on
+    ]
+    if len(given) != 1:
+        bad_input(
+            f"give one of --tag, --tags-json or --clear, not {' and '.join(given)}"
+            if given
+            else "no tags given: add --tag (repeat for several), --tags-json, or --clear to "
+            "remove every tag of the call"
+        )
+    return tags_json if tags_json is not None else (tag or [])
+
+
 def _read_events(file: Path) -> list[Any]:
     """A JSON array, one object, or JSON lines (split on `\n` only: U+2028 or U+0085 inside
-    an event's text is no line break)."""
-    stripped = read_text_or_exit(file).strip()
+    an event's text is no line break); a line that is not JSON is named by its number."""
+    text = read_text_or_exit(file)
+    stripped = text.strip()
+    if not stripped:
+        bad_path(file, "no events in it")
     try:
         if stripped.startswith("["):
             return list(json.loads(stripped))
         if stripped.startswith("{") and "\n" not in stripped:
             return [json.loads(stripped)]
-        return [json.loads(line) for line in stripped.split("\n") if line.strip()]
     except json.JSONDecodeError as exc:
-        bad_input(f"{file}: not JSON: {exc}")
+        bad_path(file, f"not JSON: {exc}")
     except RecursionError:
-        bad_input(f"{file}: JSON nested too deeply to read")
+        bad_path(file, "JSON nested too deeply to read")
+    events = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            bad_path(file, f"line {number}: not JSON: {exc}")
+        except RecursionError:
+            bad_path(file, f"line {number}: JSON nested too deeply to read")
+    return events
 
 
 @cli.command()
