@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,11 +33,14 @@ def _bury(
     version: int = 1,
     code: str = "InvalidParameter.Tags",
     reason: DeadReason = DeadReason.PERMANENT_ERROR,
-    source: str = "crm",
+    source: str | None = "crm",
 ) -> None:
     raw = {"call_id": call_id, "tags": ["a"], "version": version, "event_id": event_id}
     update = validate_event(
-        {**raw, "source": source}, limits=EventLimits(), default_version=0, default_event_id=""
+        {**raw, **({"source": source} if source else {})},
+        limits=EventLimits(),
+        default_version=0,
+        default_event_id="",
     )
     stores.dead_letters.add(
         record_id=event_id,
@@ -131,8 +135,10 @@ def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
         task_id="e40",
     )
 
-    listed = run_cli(worker_env, "dead", "list")
-    assert " 40 " in listed.stdout or "│ 40" in listed.stdout, listed.stdout
+    narrow = run_cli(worker_env, "dead", "list")
+    assert "call call-1  #40\n" in narrow.stdout, narrow.stdout
+    wide = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "list")
+    assert re.search(r"call-1 +40 ", wide.stdout), wide.stdout
     shown = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "show", "e40").stdout
     assert "29 attempts in between not kept" in shown
     assert "│ 40 " in shown and "│ 12 " not in shown
@@ -411,3 +417,75 @@ def test_a_record_whose_event_holds_a_lone_surrogate_is_refused_not_replayed(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "lone surrogate" in done.stderr and "e1" in done.stderr, done.stderr
     assert redis_client.llen(stores.settings.queue) == 0 and stores.dead_letters.count() == 1
+
+
+LONG_IDS = ("59c3ff05-3e45-41f6-adc6-197c0000000a", "59c3ff05-3e45-41f6-adc6-197c0000000b")
+
+
+def test_list_through_a_pipe_at_80_columns_shows_short_ids_that_show_takes(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    for record_id in LONG_IDS:
+        _bury(stores, record_id, call_id="call-narrow")
+
+    listed = run_cli({**worker_env, "COLUMNS": "80"}, "dead", "list")
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "call-narrow" in listed.stdout and "refused" in listed.stdout
+    shown = [line.split()[0] for line in lines if line.strip().startswith("59c3ff05")]
+    assert sorted(shown) == [i[: len("59c3ff05-3e45-41f6-adc6-197c0000000") + 1] for i in LONG_IDS]
+    for short, full in zip(sorted(shown), LONG_IDS, strict=True):
+        show = run_cli(worker_env, "dead", "show", short)
+        assert show.returncode == 0, show.stderr
+        assert show.stdout.startswith(full)
+
+
+def test_show_refuses_a_start_that_more_than_one_id_shares(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    for record_id in LONG_IDS:
+        _bury(stores, record_id)
+
+    show = run_cli(worker_env, "dead", "show", "59c3ff05")
+
+    assert show.returncode == 2
+    assert "'59c3ff05' starts more than one dead letter's id: give more of it" in show.stderr
+
+
+def test_replay_and_delete_take_the_short_id_a_list_shows(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    _bury(stores, "ev-short-replay-1")
+    _bury(stores, "ev-short-delete-1", call_id="call-2")
+
+    replayed = run_cli(worker_env, "dead", "replay", "ev-short-r")
+    deleted = run_cli(worker_env, "dead", "delete", "ev-short-d")
+
+    assert (replayed.returncode, deleted.returncode) == (0, 0), replayed.stderr + deleted.stderr
+    assert stores.dead_letters.count() == 0
+    assert queued_event_ids(stores.redis, stores.settings.queue) == ["ev-short-replay-1"]
+
+
+def test_show_leaves_out_what_the_record_does_not_know(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    _bury(stores, "ev-no-source", source=None)
+
+    show = run_cli(worker_env, "dead", "show", "ev-no-source")
+
+    assert show.returncode == 0, show.stderr
+    assert "call call-1, version 1; first seen" in show.stdout
+    assert "None" not in show.stdout
+
+
+def test_list_titles_a_relative_time_filter_with_its_date(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    _bury(stores, "ev-recent")
+
+    listed = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "list", "--since", "2h")
+
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"since=\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z\)", listed.stdout)

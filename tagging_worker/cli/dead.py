@@ -104,32 +104,49 @@ def dead_list(
     title = f"dead letters: {matching} matching ({where.describe()})"
     if len(records) < matching:
         title += f", showing {offset + 1}-{offset + len(records)}"
+    short = store.short_ids(r.id for r in records)
+    rows = [_list_row(r, short[r.id]) for r in records]
+    if out.width < WIDE_TABLE:
+        # Narrow (80 columns, a pipe): a record per two lines that wrap, so nothing is cut.
+        out.print(_shown(title))
+        for short_id, died, reason, code, call_id, made, detail in rows:
+            out.print(_shown(f"{short_id}  {died}  {reason}  {code}  call {call_id}  #{made}"))
+            out.print(_shown(f"    {detail}"))
+        return
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("id", "died (UTC)", "reason", "code", "call_id", "#"):
-        table.add_column(column, no_wrap=True, min_width=len(column))
-    table.add_column("detail")
-    for r in records:
-        match r:
-            case DamagedRecord():
-                reason, code, made, detail = "damaged", "-", "-", r.problem
-            case DeadLetter():
-                reason, code, made, detail = r.reason.value, r.code, str(r.attempts_made), r.detail
-        table.add_row(
-            _shown(r.id),
-            _when(r.died_at, short=True),
-            _shown(reason),
-            _shown(code or "-"),
-            _shown(r.call_id or "-"),
-            made,
-            _shown(detail),
-        )
+    for column in ("id", "died (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for column in ("reason", "code", "call_id", "#", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_shown(cell) for cell in row))
     out.print(table)
 
 
+WIDE_TABLE = 120
+"""Columns from which `dead list` is a table; narrower, each record takes two lines."""
+
+
+def _list_row(record: DeadLetter | DamagedRecord, short_id: str) -> tuple[str, ...]:
+    """A record as `dead list` shows it: its short id, then what an operator scans for."""
+    match record:
+        case DamagedRecord():
+            reason, code, made, detail = "damaged", "-", "-", record.problem
+        case DeadLetter():
+            reason, code = record.reason.value, record.code or "-"
+            made, detail = str(record.attempts_made), record.detail
+    died = _when(record.died_at, short=True)
+    return short_id, died, reason, code, record.call_id or "-", made, detail
+
+
 @dead.command("show")
-def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
+def dead_show(
+    record_id: Annotated[str, typer.Argument(help="Its id, or its start as `dead list` shows it.")],
+    as_json: JsonFlag = False,
+) -> None:
     """Show one dead letter with its whole attempt history (or why it is damaged)."""
-    record = stores_or_exit().dead_letters.get(record_id)
+    store = stores_or_exit().dead_letters
+    record = store.get(_full_id(store, record_id))
     if record is None:
         complain(f"tagging-worker: no dead letter {record_id}")
         raise SystemExit(1)
@@ -150,12 +167,17 @@ def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
             (_clean(record.id), "bold"), _clean(f" {record.reason.value}: {record.detail}")
         )
     )
-    out.print(
-        _shown(
-            f"call {record.call_id}, version {record.version}, source {record.source}; first "
-            f"seen {_when(record.first_seen)}, died {_when(record.died_at)}"
+    known = [
+        f"{name} {value}"
+        for name, value in (
+            ("call", record.call_id),
+            ("version", record.version),
+            ("source", record.source),
         )
-    )
+        if value is not None
+    ]
+    seen = f"first seen {_when(record.first_seen)}, died {_when(record.died_at)}"
+    out.print(_shown("; ".join([", ".join(known), seen] if known else [seen])))
     out.print("event as received:")
     _print_json(record.event)
     table = Table(title="attempts")
@@ -180,7 +202,10 @@ def dead_show(record_id: str, as_json: JsonFlag = False) -> None:
 
 @dead.command("replay")
 def dead_replay(
-    record_ids: Annotated[list[str] | None, typer.Argument(help="Ids to replay.")] = None,
+    record_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Ids to replay, or their starts as `dead list` shows them."),
+    ] = None,
     all_matching: Annotated[
         bool, typer.Option("--all", help="Every record matching the filters.")
     ] = False,
@@ -216,7 +241,8 @@ def dead_replay(
     if edit:
         if not record_ids or len(record_ids) != 1 or all_matching or not where.empty:
             bad_input("--edit takes exactly one id")
-        raise SystemExit(_replay_edited(stores, store, record_ids[0], dry_run=dry_run))
+        record_id = _full_id(store, record_ids[0])
+        raise SystemExit(_replay_edited(stores, store, record_id, dry_run=dry_run))
     ids = _select(store, record_ids, all_matching, where)
     if dry_run:
         found = [r for r in (store.get(i) for i in ids) if r is not None]
@@ -369,6 +395,7 @@ def _replay_edited(stores: Stores, store: DeadLetterStore, record_id: str, *, dr
 def dead_delete(record_ids: list[str]) -> None:
     """Delete dead letters by id."""
     store = stores_or_exit().dead_letters
+    record_ids = [_full_id(store, given) for given in record_ids]
     missing = [rid for rid in record_ids if not store.delete(rid)]
     for rid in missing:
         err.print(f"no dead letter {rid}", markup=False)
@@ -480,10 +507,21 @@ def _select(
     if ids and (all_matching or not where.empty):
         bad_input("give ids, or --all with filters, not both")
     if ids:
-        return ids
+        return [_full_id(store, given) for given in ids]
     if not (all_matching or not where.empty):
         bad_input("give ids, or --all (with filters to narrow it)")
     return store.iter_ids(where)
+
+
+def _full_id(store: DeadLetterStore, given: str) -> str:
+    """An id as given, or the one stored id it starts (a short id from `dead list`); the start
+    of several ids is refused."""
+    if store.get(given) is not None:
+        return given
+    found = store.ids_starting(given)
+    if len(found) > 1:
+        bad_input(f"{given!r} starts more than one dead letter's id: give more of it")
+    return found[0] if found else given
 
 
 def _stdout() -> BinaryIO:

@@ -65,5 +65,14 @@ class DeadFilter:
         )
 
     def describe(self) -> str:
-        parts = [f"{name}={value}" for name, value in vars(self).items() if value is not None]
+        """The filter as an operator gave it, times as UTC dates."""
+        parts = [
+            f"{name}={_utc(value) if name in ('since', 'until') else value}"
+            for name, value in vars(self).items()
+            if value is not None
+        ]
         return ", ".join(parts) or "all"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")

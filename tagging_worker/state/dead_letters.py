@@ -16,10 +16,11 @@ record that fails is read as a `DamagedRecord`, which holds only what the indexe
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -665,6 +666,31 @@ class DeadLetterStore:
         fields, score = pipe.execute()
         return self._read(record_id, fields, score)
 
+    def ids_starting(self, prefix: str, *, most: int = 2) -> list[str]:
+        """Ids that start with `prefix` (a short id, as `dead list` shows it), at most `most`."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        found: list[str] = []
+        for member, _ in self._redis.zscan_iter(self._keys.dead_all, match=pattern, count=1000):
+            found.append(member.decode("utf-8", "surrogateescape"))
+            if len(found) >= most:
+                break
+        return found
+
+    def short_ids(self, ids: Iterable[str], *, least: int = 8) -> dict[str, str]:
+        """For each id, its shortest start (at least `least` characters) that no other stored
+        id shares: what a narrow table can show and `ids_starting` finds again."""
+        every = sorted(
+            m.decode("utf-8", "surrogateescape")
+            for m in self._redis.zrange(self._keys.dead_all, 0, -1)
+        )
+        short: dict[str, str] = {}
+        for record_id in ids:
+            at = bisect.bisect_left(every, record_id)
+            neighbours = [every[i] for i in (at - 1, at + 1) if 0 <= i < len(every)]
+            shared = max((_common_start(record_id, n) for n in neighbours), default=0)
+            short[record_id] = record_id[: max(least, shared + 1)]
+        return short
+
     def count(self, where: DeadFilter | None = None) -> int:
         """Exact: by one index when the filter is one indexed field, else by walking."""
         where = where or DeadFilter()
@@ -931,6 +957,12 @@ def _clipped(text: str, limit: int) -> str:
         return text
     marker = f"...[{len(text)} characters in all]"
     return text[: limit - len(marker)] + marker
+
+
+def _common_start(a: str, b: str) -> int:
+    """How many characters two ids share at their start."""
+    pairs = zip(a, b, strict=False)
+    return next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
 
 
 def _json(value: Any) -> str:
