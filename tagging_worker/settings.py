@@ -6,10 +6,15 @@ with a message that names the variable instead of failing later inside a task.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+from collections.abc import Mapping
 from enum import Enum
 from functools import cached_property
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -224,6 +229,13 @@ class Settings(BaseSettings):
     )
     scheduler_interval_seconds: float = Field(default=0.5, gt=0, le=60)
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_is_one_redis_and_kombu_read(cls, url: str) -> str:
+        if problem := broker_url_problem(url):
+            raise ValueError(problem)
+        return url
+
     @model_validator(mode="after")
     def _sentinel_has_a_master(self) -> Settings:
         if self.broker_url.startswith("sentinel://") and not self.redis_sentinel_master:
@@ -324,10 +336,55 @@ def env_example() -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning pydantic's report into one line per the first bad field."""
+    _refuse_misspelled(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why redis-py (the worker's state) or kombu (the queue) could not use `url`, or None.
+    Caught here, a typo is one line naming the setting, not a traceback from the first
+    command that connects, nor a worker that logs "Unrecoverable error" and exits."""
+    parts = [part.strip() for part in url.split(";")]
+    if len(parts) > 1 and any(not part.startswith("sentinel://") for part in parts):
+        return "only sentinel:// URLs can be listed with ';'"
+    for part in parts:
+        split = urlsplit(part)
+        if split.scheme not in ("redis", "rediss", "sentinel"):
+            return "must start with redis://, rediss:// or sentinel://"
+        try:
+            split.port  # noqa: B018  (parsing it is the check)
+        except ValueError:
+            return "its port is not a number from 0 to 65535"
+        if not split.hostname:
+            return "names no host"
+        db = split.path.lstrip("/")
+        if db and not db.isdigit():
+            return f"its database {db!r} is not a number"
+    return None
+
+
+def _refuse_misspelled(environ: Mapping[str, str]) -> None:
+    """A variable a letter or two off a setting's name is a typo that would leave the default
+    in force without a word. Others under the prefix (tools' own, like TAGGING_TEST_REDIS_URL)
+    are left alone."""
+    known = _env_names()
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                raise SettingsError(f"{name} is not a setting: did you mean {close[0]}?")
+
+
+def _env_names() -> list[str]:
+    names = []
+    for field, info in Settings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{field.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            names += [c for c in info.validation_alias.choices if isinstance(c, str)]
+    return names
 
 
 _SECRET_WORDS = ("ACCESS_KEY", "SECRET", "TOKEN", "PASSWORD", "DSN")
@@ -341,5 +398,9 @@ def _describe(exc: ValidationError) -> str:
         return f"bad settings: {error['msg'].removeprefix('Value error, ')}{tail}"
     field = str(error["loc"][0])
     name = field if field.isupper() else f"{ENV_PREFIX}{field.upper()}"
-    shown = "" if any(word in name for word in _SECRET_WORDS) else f" (got {error.get('input')!r})"
-    return f"bad setting {name}: {error['msg']}{shown}{tail}"
+    given = error.get("input")
+    if name == f"{ENV_PREFIX}BROKER_URL" and isinstance(given, str):
+        given = re.sub(r"(//[^/@;]*?:)[^/@;]*@", r"\1***@", given)
+    shown = "" if any(word in name for word in _SECRET_WORDS) else f" (got {given!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"bad setting {name}: {message}{shown}{tail}"

@@ -25,8 +25,8 @@ def run_doctor(out: Console) -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        out.print(f"[red]FAIL[/] settings: {exc}", highlight=False)
-        return 1
+        out.print(f"[red]FAIL[/] settings: {exc}", highlight=False, soft_wrap=True)
+        return 2
     out.print("[green]ok[/]   settings: loaded", highlight=False)
     failures = 0
     for name, check in CHECKS:
