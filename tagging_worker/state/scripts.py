@@ -25,8 +25,12 @@ _LUA = files(__package__).joinpath("lua")
 @cache
 def source(name: str) -> str:
     """A script's text with the library in front, read once per process."""
-    library = _LUA.joinpath("library.lua").read_text(encoding="utf-8")
-    return library + "\n" + _LUA.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _read("library") + "\n" + _read(name)
+
+
+@cache
+def _read(name: str) -> str:
+    return _LUA.joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 def register(client: redis.Redis, name: str) -> Script:
