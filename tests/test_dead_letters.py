@@ -395,3 +395,26 @@ def test_every_field_of_a_full_record_reads_back_as_stored_byte_for_byte(
     assert store.restore(imported, replace=False) is Restored.STORED
     assert redis_client.hget(Keys(namespace).dead_record("e2"), "json") == text.encode()
     assert export_line(_whole(store, "e2")) == text + "\n"
+
+
+def test_short_ids_are_the_shortest_starts_no_other_id_shares(store: DeadLetterStore) -> None:
+    for record_id in ("59c3ff05-aaaa", "59c3ff05-aabb", "7f00e1d2-0000"):
+        _add(store, record_id)
+
+    short = store.short_ids(["59c3ff05-aaaa", "59c3ff05-aabb", "7f00e1d2-0000"])
+
+    assert short == {
+        "59c3ff05-aaaa": "59c3ff05-aaa",
+        "59c3ff05-aabb": "59c3ff05-aab",
+        "7f00e1d2-0000": "7f00e1d2",
+    }
+    assert [store.ids_starting(s) for s in short.values()] == [[i] for i in short]
+
+
+def test_past_the_read_limit_short_ids_are_the_whole_ids(store: DeadLetterStore) -> None:
+    for record_id in ("59c3ff05-aaaa", "7f00e1d2-0000"):
+        _add(store, record_id)
+
+    short = store.short_ids(["59c3ff05-aaaa"], most_read=1)
+
+    assert short == {"59c3ff05-aaaa": "59c3ff05-aaaa"}

@@ -516,7 +516,7 @@ def _select(
 def _full_id(store: DeadLetterStore, given: str) -> str:
     """An id as given, or the one stored id it starts (a short id from `dead list`); the start
     of several ids is refused."""
-    if store.get(given) is not None:
+    if store.has(given):
         return given
     found = store.ids_starting(given)
     if len(found) > 1:

@@ -660,11 +660,10 @@ class DeadLetterStore:
 
     def get(self, record_id: str) -> DeadLetter | DamagedRecord | None:
         """The record, or what the indexes know of one that breaks the schema."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(self._keys.dead_record(record_id), "json", "reason", "call_id")
-        pipe.zscore(self._keys.dead_all, record_id)
-        fields, score = pipe.execute()
-        return self._read(record_id, fields, score)
+        return next(self._fetch([record_id.encode()]), None)
+
+    def has(self, record_id: str) -> bool:
+        return bool(self._redis.exists(self._keys.dead_record(record_id)))
 
     def ids_starting(self, prefix: str, *, most: int = 2) -> list[str]:
         """Ids that start with `prefix` (a short id, as `dead list` shows it), at most `most`."""
@@ -676,9 +675,15 @@ class DeadLetterStore:
                 break
         return found
 
-    def short_ids(self, ids: Iterable[str], *, least: int = 8) -> dict[str, str]:
+    def short_ids(
+        self, ids: Iterable[str], *, least: int = 8, most_read: int = 100_000
+    ) -> dict[str, str]:
         """For each id, its shortest start (at least `least` characters) that no other stored
-        id shares: what a narrow table can show and `ids_starting` finds again."""
+        id shares: what a narrow table can show and `ids_starting` finds again. Finding it
+        reads every stored id, so past `most_read` records (a few MB) ids are shown whole."""
+        ids = list(ids)
+        if self._redis.zcard(self._keys.dead_all) > most_read:
+            return {record_id: record_id for record_id in ids}
         every = sorted(
             m.decode("utf-8", "surrogateescape")
             for m in self._redis.zrange(self._keys.dead_all, 0, -1)
