@@ -44,10 +44,17 @@ def init(settings: Settings) -> bool:
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.sentry_environment,
-        send_default_pii=False,
+        # Sentry 3 collects user info, bodies and query data unless told not to.
+        data_collection={
+            "user_info": False,
+            "http_bodies": [],
+            "cookies": {"mode": "off"},
+            "url_query_params": {"mode": "off"},
+            "database_query_data": False,
+        },
         integrations=[
             CeleryIntegration(),
-            LoggingIntegration(level=logging.INFO, event_level=None),
+            LoggingIntegration(level=None, event_level=None, breadcrumb_level=logging.INFO),
         ],
         before_send=lambda event, hint: _scrub(event, secrets),
         before_breadcrumb=lambda crumb, hint: _scrub(crumb, secrets),
