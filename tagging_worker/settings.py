@@ -132,6 +132,14 @@ class Settings(BaseSettings):
         description="Transient failures in a row (connection errors, 5xx, timeouts) that "
         "open the circuit: no worker calls the API until the cool-down ends.",
     )
+    circuit_min_calls: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Distinct calls (call ids) a run of transient failures must span to open the "
+        "circuit: one call the API keeps failing uses up its own attempts and stops no other "
+        "call. 1: any run does.",
+    )
     circuit_cooldown_seconds: float = Field(default=30.0, gt=0, le=86_400)
     circuit_systemic_cooldown_seconds: float = Field(
         default=120.0,

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.alibaba.results import ApiFailure, ApiSuccess
@@ -21,6 +31,7 @@ from tagging_worker.state.flow import (
     uses_attempt,
 )
 from tagging_worker.state.keys import Keys
+from tests.conftest import REDIS_URL
 
 POLICY = FlowPolicy(
     rate_limit=10.0,
@@ -30,6 +41,7 @@ POLICY = FlowPolicy(
     increase=1.0,
     max_wait=1.0,
     failure_threshold=3,
+    min_calls=2,
     cooldown=0.3,
     systemic_cooldown=0.6,
     probe_timeout=0.3,
@@ -48,9 +60,15 @@ def _with(flow: Flow, **changes: object) -> Flow:
 
 
 def _open(flow: Flow) -> Verdict:
-    for _ in range(POLICY.failure_threshold):
-        verdict = flow.record(Signal.FAILED, token="t", code="InternalError", message="boom")
+    for i in range(POLICY.failure_threshold):
+        verdict = flow.record(
+            Signal.FAILED, token="t", call_id=f"call-{i}", code="InternalError", message="boom"
+        )
     return verdict
+
+
+def _fail(flow: Flow, call_id: str) -> Verdict:
+    return flow.record(Signal.FAILED, token="t", call_id=call_id, code="InternalError")
 
 
 def test_calls_are_spaced_at_the_rate_by_reserving_the_next_slot(flow: Flow) -> None:
@@ -145,14 +163,50 @@ def test_lowering_the_limit_setting_caps_the_shared_pace_at_once(flow: Flow) -> 
 def test_the_circuit_opens_after_a_run_of_failures_and_a_success_resets_the_run(
     flow: Flow,
 ) -> None:
-    for _ in range(POLICY.failure_threshold - 1):
-        assert not flow.record(Signal.FAILED, token="t").circuit_open
-    flow.record(Signal.ANSWERED, token="t")
-    assert flow.snapshot()["failures_in_a_row"] == 0
-    verdicts = [flow.record(Signal.FAILED, token="t") for _ in range(POLICY.failure_threshold)]
+    for i in range(POLICY.failure_threshold - 1):
+        assert not _fail(flow, f"call-{i}").circuit_open
+    flow.record(Signal.ANSWERED, token="t", call_id="call-x")
+    shown = flow.snapshot()
+    assert shown["failures_in_a_row"] == shown["failing_calls_in_a_row"] == 0
+    verdicts = [_fail(flow, f"call-{i}") for i in range(POLICY.failure_threshold)]
     assert [v.transition for v in verdicts] == ["", "", "opened"]
     assert verdicts[-1].circuit_open and verdicts[-1].kind == "transient"
     assert verdicts[-1].wait == pytest.approx(POLICY.cooldown, abs=SLACK)
+
+
+def test_one_call_failing_again_and_again_never_opens_the_circuit(flow: Flow) -> None:
+    verdicts = [_fail(flow, "call-bad") for _ in range(5 * POLICY.failure_threshold)]
+    assert not any(v.circuit_open or v.transition for v in verdicts)
+    assert isinstance(flow.admit("next"), Go)
+    shown = flow.snapshot()
+    assert shown["circuit"] == "closed"
+    assert (shown["failures_in_a_row"], shown["failing_calls_in_a_row"]) == (15, 1)
+
+
+def test_a_run_of_failures_opens_the_circuit_once_it_spans_enough_calls(flow: Flow) -> None:
+    alone = [_fail(flow, "call-bad") for _ in range(POLICY.failure_threshold)]
+    other = _fail(flow, "call-other")
+    assert not any(v.circuit_open for v in alone)
+    assert other.transition == "opened" and other.kind == "transient"
+    assert flow.snapshot()["failing_calls_in_a_row"] == 0, "an opening starts a new run"
+
+
+def test_an_answer_forgets_the_calls_of_the_run_it_ends(flow: Flow) -> None:
+    _fail(flow, "call-a")
+    flow.record(Signal.ANSWERED, token="t", call_id="call-b")
+    verdicts = [_fail(flow, "call-c") for _ in range(POLICY.failure_threshold)]
+    assert not any(v.circuit_open for v in verdicts), "call-a's failure was before the answer"
+    assert _fail(flow, "call-a").transition == "opened"
+
+
+def test_the_circuit_remembers_no_more_calls_than_it_takes_to_open(
+    flow: Flow, redis_client: redis.Redis
+) -> None:
+    patient = _with(flow, failure_threshold=50, min_calls=3)
+    for i in range(20):
+        assert not _fail(patient, f"call-{i}").circuit_open
+    assert patient.snapshot()["failing_calls_in_a_row"] == 3
+    assert len(redis_client.hget(flow._keys.circuit, "calls")) == 3 * 8
 
 
 def test_an_open_circuit_holds_every_caller_and_says_why(flow: Flow) -> None:
@@ -212,7 +266,9 @@ def test_an_answer_to_a_call_sent_before_the_circuit_opened_does_not_close_it(
 def test_a_systemic_failure_opens_the_circuit_at_once_and_is_reported_once(
     flow: Flow,
 ) -> None:
-    first = flow.record(Signal.SYSTEMIC, token="a", code="InvalidAccessKeyId.NotFound")
+    first = flow.record(
+        Signal.SYSTEMIC, token="a", call_id="call-a", code="InvalidAccessKeyId.NotFound"
+    )
     others = [flow.record(Signal.SYSTEMIC, token=f"b{i}") for i in range(5)]
     assert first.transition == "opened" and first.kind == "systemic"
     assert first.wait == pytest.approx(POLICY.systemic_cooldown, abs=SLACK)
@@ -232,6 +288,98 @@ def test_throttling_proves_the_api_is_up_and_closes_a_half_open_circuit(flow: Fl
     time.sleep(POLICY.cooldown + 0.05)
     flow.admit("probe")
     assert flow.record(Signal.THROTTLED, token="probe").transition == "closed"
+
+
+CALL_IDS = ("call-1", "call-2", "call-3", "call-4", "通话-5", "")
+
+
+class CircuitModel(RuleBasedStateMachine):
+    """The circuit against a model of it: a run of transient failures opens it once it holds
+    `threshold` failures from `min_calls` distinct calls, an answer or a throttling ends the
+    run, a systemic failure opens it at once. The cool-downs outlast a run: no probe goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.keys = Keys(f"tw-circuit-model-{uuid.uuid4().hex[:10]}")
+        self.flow = Flow(self.redis, self.keys, POLICY)
+        self.kind = ""
+        """'' while closed, else what opened it."""
+        self.failures = 0
+        self.calls: set[str] = set()
+
+    @initialize(threshold=st.integers(1, 6), min_calls=st.integers(1, 4))
+    def policy(self, threshold: int, min_calls: int) -> None:
+        self.flow = _with(
+            self.flow,
+            failure_threshold=threshold,
+            min_calls=min_calls,
+            cooldown=600.0,
+            systemic_cooldown=600.0,
+        )
+
+    @rule(call_id=st.sampled_from(CALL_IDS))
+    def transient_failure(self, call_id: str) -> None:
+        verdict = _fail(self.flow, call_id)
+        opens = False
+        if not self.kind:
+            self.failures += 1
+            self.calls.add(call_id)
+            p = self.flow.policy
+            opens = self.failures >= p.failure_threshold and len(self.calls) >= p.min_calls
+            if opens:
+                self._open("transient")
+        self._check(verdict, opened=opens)
+
+    @rule(
+        call_id=st.sampled_from(CALL_IDS),
+        signal=st.sampled_from([Signal.ANSWERED, Signal.THROTTLED]),
+    )
+    def answer(self, call_id: str, signal: Signal) -> None:
+        verdict = self.flow.record(signal, token="t", call_id=call_id)
+        if not self.kind:
+            self.failures, self.calls = 0, set()
+        self._check(verdict, opened=False)
+
+    @rule(call_id=st.sampled_from(CALL_IDS))
+    def systemic_failure(self, call_id: str) -> None:
+        verdict = self.flow.record(Signal.SYSTEMIC, token="t", call_id=call_id, code="Clock")
+        opens = self.kind != "systemic"
+        if opens:
+            self._open("systemic")
+        self._check(verdict, opened=opens)
+
+    @invariant()
+    def the_run_is_shown_and_only_its_needed_calls_kept(self) -> None:
+        shown = self.flow.snapshot()
+        assert shown["circuit"] == ("open" if self.kind else "closed")
+        assert shown["failures_in_a_row"] == self.failures
+        assert shown["failing_calls_in_a_row"] == min(len(self.calls), self.flow.policy.min_calls)
+
+    def _open(self, kind: str) -> None:
+        self.kind, self.failures, self.calls = kind, 0, set()
+
+    def _check(self, verdict: Verdict, *, opened: bool) -> None:
+        assert verdict.transition == ("opened" if opened else "")
+        assert verdict.circuit_open == bool(self.kind)
+        assert verdict.kind == self.kind
+
+    def teardown(self) -> None:
+        self.redis.delete(self.keys.circuit, self.keys.limiter)
+        self.redis.close()
+
+
+@pytest.mark.usefixtures("redis_client")
+def test_the_circuit_opens_only_on_a_run_across_calls_or_a_systemic_failure() -> None:
+    run_state_machine_as_test(
+        CircuitModel,
+        settings=settings(
+            max_examples=100,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 def _failure(kind: FailureKind) -> ApiFailure:

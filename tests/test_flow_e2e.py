@@ -146,6 +146,38 @@ def test_an_outage_stops_the_calls_and_every_event_is_applied_when_it_ends(
     assert held <= (outage / cooldown + 2) * workers * slots * 6
 
 
+def test_one_call_the_api_keeps_failing_stops_no_other_call_and_dies_of_its_own_attempts(
+    stores: Stores,
+    fake_api: FakeAlibabaApi,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A 5xx for one call only: its retries, with nothing else in flight, make a run of
+    failures longer than the threshold, yet it is one call's trouble, not the API's. The
+    circuit stays closed, the other calls go through without being held, and the bad call
+    is dead-lettered once it has used every one of its attempts."""
+    attempts, n = 8, 50
+    threshold = stores.settings.circuit_failure_threshold
+    fake_api.add_fault("error", call_id="call-bad", http_status=503, code="ServiceUnavailable")
+    worker = start_worker(TAGGING_RETRY_MAX_ATTEMPTS=str(attempts))
+    publisher = Publisher.from_settings(stores.settings)
+    publisher.publish_many([{"call_id": "call-bad", "tags": ["t"], "version": 1}])
+
+    def bad_requests() -> int:
+        return sum(1 for c in fake_api.calls() if c.call_id == "call-bad")
+
+    wait_for(lambda: bad_requests() > threshold, what="the bad call failing alone in a row")
+    call_ids = _publish(stores, n, "call-good")
+    wait_for(settled(stores, n + 1), timeout=60, what="every event settled")
+
+    _all_applied(fake_api, call_ids)
+    [dead] = stores.dead_letters.list()
+    assert (dead.call_id, dead.reason) == ("call-bad", "retries_exhausted")
+    assert bad_requests() == attempts, "every failure used an attempt: none found it open"
+    assert stores.outcomes.snapshot()["held"] == 0
+    assert [r for r in worker.records() if "circuit" in r] == []
+    assert stores.flow.snapshot()["circuit"] == "closed"
+
+
 def test_a_rejected_signature_stops_the_calls_is_reported_once_and_nothing_is_dead_lettered(
     stores: Stores,
     fake_api: FakeAlibabaApi,

@@ -359,9 +359,10 @@ def _log_circuit(record: CircuitChanged) -> None:
         )
     else:
         flow_log.error(
-            "API calls stopped: %d failures in a row, the last %s. Events wait without using "
-            "their attempts; next probe in %.0f s.",
+            "API calls stopped: %d or more failures in a row across %d or more calls, the "
+            "last %s. Events wait without using their attempts; next probe in %.0f s.",
             policy.failure_threshold,
+            policy.min_calls,
             cause,
             verdict.wait,
             extra=fields,

@@ -11,10 +11,19 @@ the account's requests per second across all of them. So the budget lives in Red
   the slots reserved at the old pace have gone out and been answered): by `decrease`, or to
   what the share of refusals says the quota is when that is lower (at most by half); sustained
   success adds `increase` of the limit per second, never above the limit.
-- **circuit**: a run of transient failures opens it for a cool-down, a systemic failure
-  (credentials, permission, clock, balance) at once for a longer one; while open nobody calls
-  the API and events wait without using their attempts. After the cool-down one caller is
-  let through as the probe (half-open); its success closes the circuit, its failure reopens it.
+- **circuit**: a run of transient failures that spans several calls opens it for a
+  cool-down, a systemic failure (credentials, permission, clock, balance) at once for a longer
+  one; while open nobody calls the API and events wait without using their attempts. After the
+  cool-down one caller is let through as the probe (half-open); its success closes the
+  circuit, its failure reopens it.
+
+  Why a run across calls: the circuit stops every call, so it needs evidence that the API is
+  down, not that one call is in trouble. A run in a row is that evidence whenever other calls
+  are in flight, since any answer ends it; when nothing else is in flight, one call's own
+  retries would make a run on their own, hence `min_calls` distinct calls. A failure rate over
+  a time window would need a window to tune and more state, and at low traffic it holds too
+  few calls to say anything. The run keeps only its count and a short hash per distinct call,
+  at most `min_calls` of them, in the circuit's hash.
 
 Time is Redis's own (`TIME`), so hosts with skewed clocks share one timeline. Each decision is
 one Lua script (`lua/flow_*.lua`, the pace and the circuit being functions of `lua/library.lua`);
@@ -69,6 +78,8 @@ class FlowPolicy:
     """Share of `rate_limit` regained per second of success."""
     max_wait: float
     failure_threshold: int
+    min_calls: int
+    """Distinct calls a run of failures must span to open the circuit."""
     cooldown: float
     systemic_cooldown: float
     probe_timeout: float
@@ -84,6 +95,7 @@ class FlowPolicy:
             increase=s.api_rate_increase,
             max_wait=s.api_rate_max_wait_seconds,
             failure_threshold=s.circuit_failure_threshold,
+            min_calls=s.circuit_min_calls,
             cooldown=s.circuit_cooldown_seconds,
             systemic_cooldown=s.circuit_systemic_cooldown_seconds,
             probe_timeout=(s.api_connect_timeout_ms + s.api_read_timeout_ms) / 1000 + 5,
@@ -183,19 +195,32 @@ class Flow:
         )
         return _admission(reply)
 
-    def record(self, signal: Signal, *, token: str, code: str = "", message: str = "") -> Verdict:
+    def record(
+        self,
+        signal: Signal,
+        *,
+        token: str,
+        call_id: str = "",
+        code: str = "",
+        message: str = "",
+    ) -> Verdict:
+        """Feeds one request's signal to the pace and the circuit. `call_id` is the call the
+        request was for: a run of failures opens the circuit only once it spans `min_calls`
+        of them, so a caller that leaves it out is one call however often it fails."""
         p = self.policy
         reply = self._record(
             keys=[self._keys.circuit, self._keys.limiter],
             args=[
                 signal.value,
                 token,
+                call_id,
                 p.rate_limit,
                 p.rate_floor,
                 p.decrease,
                 p.increase * p.rate_limit,
                 p.decrease_hold * 1000,
                 p.failure_threshold,
+                p.min_calls,
                 p.cooldown * 1000,
                 p.systemic_cooldown * 1000,
                 code,
@@ -230,6 +255,7 @@ class Flow:
                 max(float(deadline) - now_ms, 0) / 1000 if deadline is not None else None
             ),
             "failures_in_a_row": int(c.get("failures", 0)),
+            "failing_calls_in_a_row": len(c.get("calls", "")) // 8,
         }
 
 

@@ -194,6 +194,7 @@ def call_api(
     verdict = sv.stores.flow.record(
         signal_of(result),
         token=token,
+        call_id=call_id,
         code=result.code if failed else "",
         message=result.message if failed else "",
     )

@@ -79,8 +79,9 @@ local function pace_record(limiter, now, signal, p)
 end
 
 -- The circuit (flow): a hash with `state` ('closed' when absent, 'open' or 'half_open'), the
--- cool-down's end `until` (ms), the probe's token and `probe_until`, the `failures` in a row,
--- and the `kind`, `code` and `message` of what opened it.
+-- cool-down's end `until` (ms), the probe's token and `probe_until`, the `failures` in a row
+-- and the distinct `calls` they came from (8 hex digits of each call id's SHA-1, side by side,
+-- at most as many as it takes to open), and the `kind`, `code` and `message` of what opened it.
 
 -- The circuit's say on a caller: 'closed' (the pace decides); 'open', the wait (ms) before
 -- looking again, and the code and message that opened it; or 'probe' (the cool-down is over
@@ -103,14 +104,31 @@ end
 local function circuit_open(circuit, now, kind, cooldown, code, message)
   redis.call('HSET', circuit, 'state', 'open', 'until', now + cooldown, 'kind', kind,
              'code', code, 'message', message, 'opened_at', now)
-  redis.call('HDEL', circuit, 'probe', 'probe_until', 'failures')
+  redis.call('HDEL', circuit, 'probe', 'probe_until', 'failures', 'calls')
 end
 
--- Feeds one call's signal to the circuit: a run of `threshold` failures opens it, a systemic
--- failure at once (and lengthens an outage's cool-down), the probe's answer closes it and the
--- probe's failure reopens it. `r`: threshold, cooldown and systemic_cooldown (ms), and the
--- failure's code and message. Returns the transition ('' when none, 'opened', 'reopened' or
--- 'closed') and the state after it.
+-- Counts one more transient failure in the run, from call `call`. Returns whether the run is
+-- now evidence that the API is down: `threshold` failures from `min_calls` distinct calls. One
+-- call the API keeps failing (its own retries, nothing else in flight) says nothing about the
+-- others; a collision of short hashes only ever asks for one call more.
+local function circuit_fail(circuit, call, threshold, min_calls)
+  local f = redis.call('HMGET', circuit, 'failures', 'calls')
+  local failures, calls = (tonumber(f[1]) or 0) + 1, f[2] or ''
+  local id = string.sub(redis.sha1hex(call), 1, 8)
+  local known = #calls >= 8 * min_calls -- enough calls already: no need to tell them apart
+  for i = 1, #calls, 8 do
+    known = known or string.sub(calls, i, i + 7) == id
+  end
+  if not known then calls = calls .. id end
+  redis.call('HSET', circuit, 'failures', failures, 'calls', calls)
+  return failures >= threshold and #calls >= 8 * min_calls
+end
+
+-- Feeds one call's signal to the circuit: a run of failures opens it once it is evidence
+-- (circuit_fail), a systemic failure at once (and lengthens an outage's cool-down), the
+-- probe's answer closes it and the probe's failure reopens it. `r`: the call id, threshold,
+-- min_calls, cooldown and systemic_cooldown (ms), and the failure's code and message. Returns
+-- the transition ('' when none, 'opened', 'reopened' or 'closed') and the state after it.
 local function circuit_record(circuit, now, signal, token, r)
   local c = redis.call('HMGET', circuit, 'state', 'probe', 'failures', 'kind', 'until')
   local state = c[1] or 'closed'
@@ -122,11 +140,11 @@ local function circuit_record(circuit, now, signal, token, r)
       redis.call('DEL', circuit)
       return 'closed', 'closed'
     elseif c[3] then
-      redis.call('HDEL', circuit, 'failures')
+      redis.call('HDEL', circuit, 'failures', 'calls')
     end
   elseif signal == 'failed' then
     if state == 'closed' then
-      if redis.call('HINCRBY', circuit, 'failures', 1) >= r.threshold then
+      if circuit_fail(circuit, r.call, r.threshold, r.min_calls) then
         circuit_open(circuit, now, 'transient', r.cooldown, r.code, r.message)
         return 'opened', 'open'
       end
