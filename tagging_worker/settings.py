@@ -244,6 +244,36 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return url
 
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_url_gives_the_protocol(cls, data: Any) -> Any:
+        """`http://127.0.0.1:18931` is how an address is usually written, but the SDK takes the
+        protocol apart from host[:port]: the scheme becomes TAGGING_API_PROTOCOL, which must
+        agree if it is given too. An endpoint that does not read is left to its own check."""
+        endpoint = data.get("api_endpoint") if isinstance(data, dict) else None
+        if not isinstance(endpoint, str):
+            return data
+        try:
+            protocol, host = split_api_endpoint(endpoint)
+        except ValueError:
+            return data
+        if protocol is None:
+            return data
+        given = data.get("api_protocol", protocol)
+        named = str(getattr(given, "value", given))
+        if named.lower() != protocol.value:
+            raise ValueError(
+                f"TAGGING_API_ENDPOINT is an {protocol.value}:// URL but TAGGING_API_PROTOCOL "
+                f"is {named!r}: give the protocol once"
+            )
+        return {**data, "api_endpoint": host, "api_protocol": given}
+
+    @field_validator("api_endpoint")
+    @classmethod
+    def _endpoint_is_a_host_and_port(cls, endpoint: str) -> str:
+        split_api_endpoint(endpoint)
+        return endpoint
+
     @model_validator(mode="after")
     def _sentinel_has_a_master(self) -> Settings:
         if self.broker_url.startswith("sentinel://") and not self.redis_sentinel_master:
@@ -372,6 +402,30 @@ def broker_url_problem(url: str) -> str | None:
         if db and not db.isdigit():
             return f"its database {db!r} is not a number"
     return None
+
+
+def split_api_endpoint(endpoint: str) -> tuple[Protocol | None, str]:
+    """The protocol an endpoint names (None for a bare host) and its host[:port], apart as the
+    SDK takes them. ValueError says what is wrong: caught here, a typo is one line naming the
+    setting, not "cannot connect to http:80" from the first call."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        rest = endpoint
+    elif scheme.lower() not in ("http", "https"):
+        raise ValueError("must be a host with an optional :port, or an http:// or https:// URL")
+    try:
+        split = urlsplit(f"//{rest}")
+    except ValueError as exc:
+        raise ValueError(f"is not a host with an optional :port ({exc})") from None
+    if split.path.strip("/") or split.query or split.fragment or "@" in split.netloc:
+        raise ValueError("must name a host and an optional :port only, no path, query or user")
+    try:
+        split.port  # noqa: B018  (parsing it is the check)
+    except ValueError:
+        raise ValueError("its port is not a number from 0 to 65535") from None
+    if not split.hostname:
+        raise ValueError("names no host")
+    return (Protocol(scheme.lower()) if sep else None), split.netloc
 
 
 def _refuse_misspelled(environ: Mapping[str, str]) -> None:

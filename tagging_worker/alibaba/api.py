@@ -2,6 +2,7 @@
 
 The SDK reports failures in four exception types and one success-shaped body; callers get a
 single small result instead, already classified, so retry decisions never touch SDK types.
+`TagsApi.check` proves the set-up with a request that changes nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from alibabacloud_credentials.client import Client as CredentialClient
@@ -28,13 +31,21 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from tagging_worker.alibaba.classify import classify, maybe_applied
+from tagging_worker.alibaba.classify import FailureKind, classify, maybe_applied
 from tagging_worker.alibaba.config import ApiConfig
 from tagging_worker.alibaba.results import ApiFailure, ApiResult, ApiSuccess
 
 ACTION = "UpdateOutboundCallTags"
 API_VERSION = "2025-11-27"
 CREDENTIALS_MISSING = "InvalidCredentials"
+
+CHECK_CALL_ID = "tagging-worker-check"
+"""No call has this id (the API's are `call-...`), so even an API that took the check's tags
+would tag nothing."""
+CHECK_TAGS = "{}"
+"""Not the JSON array the API takes: it must refuse the request on its merits (the fake says
+`InvalidParameter.Tags`), which it judges only once the gateway has accepted the signature,
+the RAM permission and the time."""
 
 # The SDK wraps every transport failure in the same RetryError; the exception chain under it
 # (requests -> urllib3 -> socket) tells where it broke. First match wins, so the failures
@@ -52,6 +63,94 @@ _TRANSPORT_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (json.JSONDecodeError, "Network.UnparsableResponse"),
     (UnicodeDecodeError, "Network.UnparsableResponse"),
 )
+
+
+class SetupProblem(str, Enum):
+    """What a check not answered on its merits says is wrong with the set-up."""
+
+    UNREACHABLE = "unreachable"
+    """No connection to the endpoint: its name, the port, a firewall, TLS."""
+    NOT_THE_API = "not_the_api"
+    """Something answered, but not as the API does: no RequestId, not JSON, no such action or
+    version there."""
+    SIGNATURE = "signature"
+    """The access key id, secret or token is wrong, or there is none to sign with."""
+    PERMISSION = "permission"
+    """The key may not call the action (RAM)."""
+    CLOCK = "clock"
+    """The request's time is too far from the API's."""
+    ACCOUNT = "account"
+    """The account itself (its balance), or another set-up failure the API named."""
+    UNAVAILABLE = "unavailable"
+    """The API did not judge the request (throttled, 5xx, a timeout): nothing is proven."""
+
+
+_PROBLEM_CODES: tuple[tuple[SetupProblem, tuple[str, ...]], ...] = (
+    (
+        SetupProblem.SIGNATURE,
+        (
+            "SignatureDoesNotMatch",
+            "IncompleteSignature",
+            "InvalidAccessKeyId",
+            "InvalidAccessKeySecret",
+            "InvalidSecurityToken",
+            CREDENTIALS_MISSING,
+        ),
+    ),
+    (SetupProblem.CLOCK, ("InvalidTimeStamp",)),
+    (SetupProblem.PERMISSION, ("Forbidden", "NoPermission")),
+    (SetupProblem.ACCOUNT, ("InsufficientBalance",)),
+    (
+        SetupProblem.NOT_THE_API,
+        ("InvalidAction", "InvalidVersion", "InvalidResponse", "Network.UnparsableResponse"),
+    ),
+    (
+        SetupProblem.UNREACHABLE,
+        (
+            "Network.NameResolution",
+            "Network.ConnectionRefused",
+            "Network.ConnectError",
+            "Network.ConnectTimeout",
+            "Network.SSLError",
+        ),
+    ),
+)
+"""Codes by prefix, first match wins, by what they say to fix (the systemic ones are those of
+`classify.py`)."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `TagsApi.check` came to: the call's result and, unless the API answered it on its
+    merits, what that says is wrong."""
+
+    result: ApiResult
+    problem: SetupProblem | None
+
+    @property
+    def answered(self) -> bool:
+        """The endpoint, the key and secret, their permission and the clock are right."""
+        return self.problem is None
+
+
+def diagnose(result: ApiResult) -> SetupProblem | None:
+    """None when the API judged the request on its merits (refused it as a request, or took
+    it); otherwise what stopped it before that. Alibaba Cloud names the request it answers
+    (RequestId): an answer without one comes from something else at that address."""
+    if result.request_id is None and (isinstance(result, ApiSuccess) or result.http_status):
+        return SetupProblem.NOT_THE_API
+    if isinstance(result, ApiSuccess):
+        return None
+    for problem, codes in _PROBLEM_CODES:
+        if result.code.startswith(codes):
+            return problem
+    if result.kind is FailureKind.PERMANENT:
+        return None
+    if result.kind is FailureKind.SYSTEMIC:
+        return {401: SetupProblem.SIGNATURE, 403: SetupProblem.PERMISSION}.get(
+            result.http_status or 0, SetupProblem.ACCOUNT
+        )
+    return SetupProblem.UNAVAILABLE
 
 
 class TagsApi:
@@ -86,6 +185,13 @@ class TagsApi:
         except UnretryableException as exc:
             return self._failure_from_transport_error(exc, time.monotonic() - started)
         return self._result_from_body(response.get("body"), time.monotonic() - started)
+
+    def check(self) -> Checked:
+        """One signed request that changes nothing (`CHECK_CALL_ID`, `CHECK_TAGS`), sent the way
+        every update goes: answered on its merits, it proves the set-up right; refused before
+        them, it says what is wrong (`doctor`, `circuit probe`)."""
+        result = self.update_tags(CHECK_CALL_ID, CHECK_TAGS)
+        return Checked(result=result, problem=diagnose(result))
 
     def _failure_from_response_error(
         self, exc: AlibabaCloudException, duration: float

@@ -15,6 +15,7 @@ class ApiConfig:
     settings, so the settings may know its error kinds."""
 
     endpoint: str
+    """host[:port], as the SDK takes it: the protocol goes apart (`Settings` splits a URL)."""
     protocol: str
     """`HTTPS` or `HTTP`."""
     connect_timeout_ms: int

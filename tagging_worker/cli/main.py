@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from tagging_worker.alibaba.fake_server import run
+from tagging_worker.cli.circuit import circuit
 from tagging_worker.cli.dead import dead
 from tagging_worker.cli.demo import run_demo
 from tagging_worker.cli.support import (
@@ -42,6 +43,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 cli.add_typer(dead, name="dead")
+cli.add_typer(circuit, name="circuit")
 
 
 def main() -> None:

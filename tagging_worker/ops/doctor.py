@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import redis
 from rich.console import Console
+from rich.markup import escape
 
+from tagging_worker.alibaba.api import (
+    ACTION,
+    CREDENTIALS_MISSING,
+    Checked,
+    SetupProblem,
+    TagsApi,
+)
+from tagging_worker.alibaba.results import ApiFailure
 from tagging_worker.errors import SettingsError, TaggingWorkerError
 from tagging_worker.settings import Settings, load_settings
 from tagging_worker.state.connection import connect
@@ -18,7 +28,12 @@ Check = Callable[[Settings], str]
 
 
 class CheckFailed(TaggingWorkerError):
-    """What a check found wrong, with advice: one line of the report."""
+    """What a check found wrong, with advice: one line of the report, named by `part` when
+    that says better than the check's name what to fix."""
+
+    def __init__(self, advice: str, *, part: str | None = None) -> None:
+        super().__init__(advice)
+        self.part = part
 
 
 def run_doctor(out: Console) -> int:
@@ -34,9 +49,10 @@ def run_doctor(out: Console) -> int:
             found = check(settings)
         except CheckFailed as exc:
             failures += 1
-            out.print(f"[red]FAIL[/] {name}: {exc}", highlight=False)
+            line = f"[red]FAIL[/] {exc.part or name}: {escape(str(exc))}"
         else:
-            out.print(f"[green]ok[/]   {name}: {found}", highlight=False)
+            line = f"[green]ok[/]   {name}: {escape(found)}"
+        out.print(line, highlight=False, soft_wrap=True)
     return 1 if failures else 0
 
 
@@ -86,22 +102,108 @@ def check_credentials(settings: Settings) -> str:
     )
 
 
-def check_endpoint(settings: Settings) -> str:
-    host, _, port_text = settings.api_endpoint.partition(":")
-    port = (
-        int(port_text)
-        if port_text.isdigit()
-        else (443 if settings.api_protocol.value == "https" else 80)
+def check_api(settings: Settings) -> str:
+    """A signed request the API must refuse on its merits (`TagsApi.check`): so refused, the
+    endpoint, the key and secret, their RAM permission and the clock are right; refused
+    before its merits, the refusal says which is not."""
+    checked = TagsApi(settings.api_config()).check()
+    if checked.answered:
+        return (
+            f"{_url(settings)} answered a signed request on its merits ({describe(checked)}): "
+            "endpoint, access key, RAM permission and clock are right"
+        )
+    if _unsigned(checked):
+        _connect(settings)  # nothing was sent: whether the endpoint is reachable is still news
+    raise explain(settings, checked)
+
+
+def explain(settings: Settings, checked: Checked) -> CheckFailed:
+    """A check not answered on its merits, as one line naming what to fix, with advice."""
+    said = describe(checked)
+    match checked.problem:
+        case SetupProblem.SIGNATURE if _unsigned(checked):
+            return CheckFailed(
+                f"no credentials to sign the request with ({said}); set ACCESS_KEY_ID and "
+                "ACCESS_KEY_SECRET, or configure Alibaba Cloud's default chain",
+                part="signature",
+            )
+        case SetupProblem.UNREACHABLE:
+            return _unreachable(settings, said)
+        case SetupProblem.NOT_THE_API:
+            return CheckFailed(
+                f"{_url(settings)} answered, but not as the Alibaba Cloud API does ({said}); "
+                "check TAGGING_API_ENDPOINT (the API is thirdswaicall.aliyuncs.com) and "
+                "TAGGING_API_PROTOCOL",
+                part="API endpoint",
+            )
+        case SetupProblem.SIGNATURE:
+            return CheckFailed(
+                f"the API refused the request's signature ({said}); the access key id or "
+                "secret is wrong: check ACCESS_KEY_ID and ACCESS_KEY_SECRET (or the default "
+                "chain's ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, security token or role)",
+                part="signature",
+            )
+        case SetupProblem.PERMISSION:
+            return CheckFailed(
+                f"the API refused the access key ({said}); give its RAM user or role "
+                f"permission to call {ACTION}",
+                part="permission",
+            )
+        case SetupProblem.CLOCK:
+            return CheckFailed(
+                f"the API says the request's time is off ({said}); set this host's clock "
+                "right (NTP: chrony, or `timedatectl set-ntp true`)",
+                part="clock",
+            )
+        case SetupProblem.ACCOUNT:
+            return CheckFailed(
+                f"the API refused the account ({said}); check its balance and status in the "
+                "Alibaba Cloud console",
+                part="account",
+            )
+    return CheckFailed(
+        f"the API did not judge the request ({said}), so nothing is proven: try again in a "
+        "moment; if it stays so, check that TAGGING_API_ENDPOINT and TAGGING_API_PROTOCOL name "
+        "the API",
+        part="API",
     )
+
+
+def _unsigned(checked: Checked) -> bool:
+    """Nothing was sent: there were no credentials to sign the request with."""
+    return isinstance(checked.result, ApiFailure) and checked.result.code == CREDENTIALS_MISSING
+
+
+def describe(checked: Checked) -> str:
+    """What the API said, with the RequestId support asks for."""
+    result = checked.result
+    said = f"{result.code}: {result.message}" if isinstance(result, ApiFailure) else "success"
+    return f"{said}; RequestId {result.request_id}" if result.request_id else said
+
+
+def _url(settings: Settings) -> str:
+    return f"{settings.api_protocol.value}://{settings.api_endpoint}"
+
+
+def _connect(settings: Settings) -> None:
+    """A plain TCP connection to the endpoint: all that can be tried without credentials."""
+    split = urlsplit(f"//{settings.api_endpoint}")
+    port = split.port or (443 if settings.api_protocol.value == "https" else 80)
     try:
-        with socket.create_connection((host, port), timeout=settings.api_connect_timeout_ms / 1000):
+        with socket.create_connection(
+            (split.hostname, port), timeout=settings.api_connect_timeout_ms / 1000
+        ):
             pass
     except OSError as exc:
-        raise CheckFailed(
-            f"cannot connect to {host}:{port} ({exc}); check TAGGING_API_ENDPOINT, "
-            "TAGGING_API_PROTOCOL, DNS and any firewall or proxy"
-        ) from None
-    return f"{settings.api_protocol.value}://{host}:{port} accepts connections"
+        raise _unreachable(settings, str(exc)) from None
+
+
+def _unreachable(settings: Settings, said: str) -> CheckFailed:
+    return CheckFailed(
+        f"cannot connect to {settings.api_endpoint} over {settings.api_protocol.value} ({said}); "
+        "check TAGGING_API_ENDPOINT, TAGGING_API_PROTOCOL, DNS and any firewall or proxy",
+        part="API endpoint",
+    )
 
 
 def _without_password(url: str) -> str:
@@ -114,5 +216,5 @@ def _without_password(url: str) -> str:
 CHECKS: list[tuple[str, Check]] = [
     ("broker", check_broker),
     ("credentials", check_credentials),
-    ("API endpoint", check_endpoint),
+    ("API endpoint", check_api),
 ]

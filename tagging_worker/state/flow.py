@@ -185,6 +185,7 @@ class Flow:
         self._admit = scripts.register(client, "flow_admit")
         self._record = scripts.register(client, "flow_record")
         self._blocked = scripts.register(client, "flow_blocked")
+        self._close = scripts.register(client, "flow_close")
 
     def admit(self, token: str) -> Go | Hold:
         """Ask for one API call; `token` identifies the caller should it become the probe."""
@@ -257,6 +258,14 @@ class Flow:
             "failures_in_a_row": int(c.get("failures", 0)),
             "failing_calls_in_a_row": len(c.get("calls", "")) // 8,
         }
+
+    def close(self) -> tuple[Transition, int]:
+        """Closes the circuit now, without waiting for the next probe: for an operator who
+        knows the set-up is fixed, or whose own check call was answered on its merits
+        (`tagging-worker circuit reset|probe`). The events it kept waiting come due now too.
+        Returns CLOSED (UNCHANGED when it was closed) and how many delayed retries came due."""
+        was, due = self._close(keys=[self._keys.circuit, self._keys.retry_due])
+        return (Transition.UNCHANGED if _text(was) == "closed" else Transition.CLOSED), int(due)
 
 
 def _admission(reply: list[Any]) -> Go | Hold:
