@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tagging_worker.cli import celery_app
 from tagging_worker.cli.main import cli
-from tagging_worker.worker import app as celery_app
 from tests.conftest import REDIS_URL
 
 
@@ -32,11 +32,11 @@ def test_the_worker_command_exits_with_the_code_celerys_worker_stopped_with(
 ) -> None:
     stopped = _StoppedWorker(code)
 
-    def create_app(settings: Any) -> _StoppedWorker:
+    def worker_app(settings: Any) -> _StoppedWorker:
         return stopped
 
     monkeypatch.setenv("TAGGING_BROKER_URL", REDIS_URL)
-    monkeypatch.setattr(celery_app, "create_app", create_app)
+    monkeypatch.setattr(celery_app, "worker_app", worker_app)
 
     result = CliRunner().invoke(cli, ["worker"])
 

@@ -61,10 +61,12 @@ def worker(
     ] = None,
     pool: Annotated[Pool | None, typer.Option(help="Default: TAGGING_WORKER_POOL.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Default: TAGGING_LOG_LEVEL.")] = None,
-    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    hostname: Annotated[
+        str | None, typer.Option(help="Celery node name. Default: tagging-PID@HOST.")
+    ] = None,
 ) -> None:
-    """Run a Celery worker on the tagging queue."""
-    from tagging_worker.worker.app import create_app  # lazy: only `worker` loads Celery's worker
+    """Run a Celery worker on TAGGING_QUEUE."""
+    from tagging_worker.cli.celery_app import worker_app  # lazy: loads Celery's worker
 
     settings = settings_or_exit()
     chosen = {"worker_pool": pool, "worker_concurrency": concurrency}
@@ -73,18 +75,20 @@ def worker(
     settings = settings.model_copy(update={k: v for k, v in chosen.items() if v is not None})
     argv = [
         "worker",
-        f"--queues={settings.queue}",
         f"--concurrency={settings.worker_concurrency}",
         f"--pool={settings.worker_pool.value}",
-        f"--loglevel={loglevel or settings.log_level}",
         "--without-gossip",
         "--without-mingle",
     ]
+    # Queue, and log level and node name unless given here, are chosen where they are for
+    # `celery -A tagging_worker worker` too (`worker/start_options.py`).
+    if loglevel:
+        argv.append(f"--loglevel={loglevel}")
     if hostname:
         argv.append(f"--hostname={hostname}")
     # Celery's `worker_main` drops the exit code its command returns: an "Unrecoverable
     # error" would end the process with 0, and a supervisor would leave it down.
-    raise typer.Exit(create_app(settings).start(argv) or 0)
+    raise typer.Exit(worker_app(settings).start(argv) or 0)
 
 
 @cli.command()

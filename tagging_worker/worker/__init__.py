@@ -6,7 +6,9 @@
 `envelope.py` (messages that cannot run are dead-lettered, never dropped), `reliable_fetch.py`
 and `broker_teardown.py` (kombu patches so a taken message is never lost). `backoff.py` and
 `retry_state.py` decide retries; `failpoints.py` lets tests crash the worker at a chosen
-step; `inline.py` runs the task in-process for tests.
+step; `inline.py` runs the task in-process for tests. `start_options.py` makes
+`tagging-worker worker` and `celery -A tagging_worker worker` take queue, log level and node
+name alike.
 
 May import: `ops`, `state`, `settings`, `alibaba`, the contract. Not produce or cli.
 """
