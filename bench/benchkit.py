@@ -87,7 +87,8 @@ def start_worker(env: dict[str, str], pool: str, concurrency: int) -> subprocess
         [
             sys.executable,
             *("-m", "tagging_worker", "worker"),
-            *(f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=WARNING"),
+            *(f"--pool={pool}", f"--concurrency={concurrency}"),
+            f"--loglevel={env.get('TAGGING_LOG_LEVEL', 'WARNING')}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,

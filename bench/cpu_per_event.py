@@ -1,6 +1,7 @@
 """Where the CPU goes, per event: what limits the worker's throughput on a small machine.
 
     .venv/bin/python bench/cpu_per_event.py [--pool prefork] [--concurrency 32] [--seconds 8]
+        [--log-level WARNING]
 
 1. One worker drains a backlog against the fake API (its own process, 50 ms latency); over
    `--seconds` the CPU time used by the worker's main process, its pool children, the fake API
@@ -43,7 +44,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:
+def in_worker(pool: str, concurrency: int, seconds: float, log_level: str) -> dict[str, float]:
     fake = FakeApi.start(50)
     try:
         with namespace() as (prefix, stores):
@@ -51,7 +52,12 @@ def in_worker(pool: str, concurrency: int, seconds: float) -> dict[str, float]:
             Publisher.from_settings(stores.settings).publish_many(
                 [{"call_id": f"cpu-{i}", "tags": ["有意向"], "version": 1} for i in range(n)]
             )
-            env = worker_env(prefix, fake.endpoint, TAGGING_API_RATE_LIMIT="100000")
+            env = worker_env(
+                prefix,
+                fake.endpoint,
+                TAGGING_API_RATE_LIMIT="100000",
+                TAGGING_LOG_LEVEL=log_level,
+            )
             worker = start_worker(env, pool, concurrency)
             fake_pid = fake.proc.pid
 
@@ -130,12 +136,16 @@ def main() -> None:
     parser.add_argument("--pool", default="prefork")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--log-level", default="WARNING", help="the worker's; its log goes to /dev/null"
+    )
     args = parser.parse_args()
-    w = in_worker(args.pool, args.concurrency, args.seconds)
+    w = in_worker(args.pool, args.concurrency, args.seconds, args.log_level)
     body, bare = task_body()
     print(f"\n`{command_line()}`\n")
     print(
-        f"one {args.pool} worker x {args.concurrency} at {w['rate']:,.0f} events/s, "
+        f"one {args.pool} worker x {args.concurrency} (log level {args.log_level}) "
+        f"at {w['rate']:,.0f} events/s, "
         f"using {w['cores']:.2f} cores in all\n"
     )
     print("| CPU per event | ms |")

@@ -130,7 +130,7 @@ class WorkerProcess:
                 "worker",
                 f"--pool={pool}",
                 f"--concurrency={concurrency}",
-                "--loglevel=INFO",
+                f"--loglevel={env.get('TAGGING_LOG_LEVEL', 'INFO')}",
             ],
             # Its metrics files go with its log: a SIGKILLed worker cannot remove them.
             env={

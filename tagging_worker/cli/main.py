@@ -189,7 +189,14 @@ def _read_events(file: Path) -> list[Any]:
 @cli.command()
 def status(
     as_json: JsonFlag = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Refresh until Ctrl-C: in place in a terminal; elsewhere (a pipe, a file) a "
+            "snapshot each interval, with --json one JSON object per line.",
+        ),
+    ] = False,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes.")] = 2.0,
     workers: Annotated[
         bool, typer.Option(help="Ask the workers over the broker (about a second).")
@@ -204,11 +211,24 @@ def status(
             found["workers"] = live_workers(stores)
         return found
 
-    if as_json:
-        out.print_json(data=snapshot())
-        return
     if not watch:
-        out.print(_status_table(snapshot()))
+        if as_json:
+            out.print_json(data=snapshot())
+        else:
+            out.print(_status_table(snapshot()))
+        return
+    if as_json or not out.is_terminal:
+        # Live draws only in a terminal. Each snapshot here is whole, and rich flushes every
+        # print (and leaves quietly when the reader of a pipe has gone).
+        try:
+            while True:
+                if as_json:
+                    out.out(json.dumps(snapshot()), highlight=False)
+                else:
+                    out.print(_status_table(snapshot()))
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
         return
     with Live(_status_table(snapshot()), console=out, screen=False) as live:
         try:

@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tagging_worker.ops.health import Health
+from tagging_worker.ops.logs import Repeats
 from tagging_worker.ops.status import gather
 from tagging_worker.state.stores import Stores
 
@@ -66,14 +67,16 @@ class RedisCollector:
 
     def __init__(self, stores: Stores) -> None:
         self._rt = stores
+        self._failures = Repeats(log, "metrics")
 
     def collect(self) -> Iterator[Metric]:
         try:
             snapshot = gather(self._rt)
         except Exception as exc:  # a scrape must answer, even when Redis does not
-            log.warning("metrics: could not read Redis (%s)", exc)
+            self._failures.failed("metrics: could not read Redis (%s)", exc)
             yield GaugeMetricFamily("tagging_redis_up", "Whether Redis answered.", value=0)
             return
+        self._failures.succeeded()
         yield GaugeMetricFamily("tagging_redis_up", "Whether Redis answered.", value=1)
         yield GaugeMetricFamily(
             "tagging_queue_depth", "Messages waiting on the queue.", value=snapshot["queued"]

@@ -23,6 +23,7 @@ import redis
 from celery import Celery, bootsteps
 
 from tagging_worker.ops.health import Health, Heartbeats, assess
+from tagging_worker.ops.logs import Repeats
 from tagging_worker.ops.monitoring import MonitoringServer, registry_for
 from tagging_worker.settings import Settings
 from tagging_worker.worker.wiring import PerProcess, Services
@@ -31,21 +32,24 @@ log = logging.getLogger(__name__)
 
 
 class Housekeeper(threading.Thread):
-    """Runs `tick` every `interval`. Redis errors are logged and retried on the next tick: the
-    worker outlives a Redis restart."""
+    """Runs `tick` every `interval`. Redis errors are logged (once, then summarised) and retried
+    on the next tick: the worker outlives a Redis restart."""
 
     def __init__(self, tick: Callable[[], None], *, interval: float) -> None:
         super().__init__(name="tagging-housekeeper", daemon=True)
         self._tick = tick
         self._interval = interval
         self._stopped = threading.Event()
+        self._failures = Repeats(log, "housekeeping")
 
     def run(self) -> None:
         while not self._stopped.is_set():
             try:
                 self._tick()
             except redis.RedisError as exc:
-                log.warning("housekeeping: Redis unavailable (%s); trying again", exc)
+                self._failures.failed("housekeeping: Redis unavailable (%s); trying again", exc)
+            else:
+                self._failures.succeeded()
             self._stopped.wait(self._interval)
 
     def stop(self) -> None:

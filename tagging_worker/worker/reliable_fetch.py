@@ -46,6 +46,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from tagging_worker.ops.logs import Repeats
 from tagging_worker.state.fetch import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_CRASHES, FetchLedger
 from tagging_worker.worker.broker_teardown import torn_down
 
@@ -368,6 +369,7 @@ class _Keeper:
         self._lock = threading.Lock()
         self._channels: weakref.WeakSet[ReliableFetch] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
+        self._failures = Repeats(log, "reliable fetch")
 
     def watch(self, channel: ReliableFetch) -> None:
         with self._lock:
@@ -389,13 +391,24 @@ class _Keeper:
                 if not channels:
                     self._thread = None
                     return
+            failed = False
             for channel in channels:
                 try:
                     channel.keep()
                 except redis.RedisError as exc:
-                    log.warning("reliable fetch: Redis unavailable (%s); trying again", exc)
+                    failed = True
+                    self._failures.failed(
+                        "reliable fetch: Redis unavailable (%s); trying again", exc
+                    )
                 except Exception:
-                    log.exception("reliable fetch: keeping consumer deadlines failed")
+                    failed = True
+                    self._failures.failed(
+                        "reliable fetch: keeping consumer deadlines failed",
+                        level=logging.ERROR,
+                        exc_info=True,
+                    )
+            if not failed:
+                self._failures.succeeded()
             time.sleep(min(channel.heartbeat_interval for channel in channels))
 
 
