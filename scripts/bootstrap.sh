@@ -54,13 +54,14 @@ fi
 
 # What the tests use besides Python and Redis (scripts/test.sh asks for it): Debian's
 # docker-compose parses the compose files without a Docker engine, Node.js runs the non-Python
-# producer, openssl makes the TLS test's certificate.
+# producer, openssl makes the TLS test's certificate, curl runs the README's "Try it locally".
 if [ "${TAGGING_BOOTSTRAP_TEST_TOOLS:-}" = 1 ]; then
   missing=()
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]} (for the tests)" >&2
     apt_install "${missing[@]}"

@@ -297,7 +297,11 @@ def test_demo_shows_events_applied_and_a_dead_letter_replayed(namespace: str) ->
         "COLUMNS": "200",
         "TAGGING_BROKER_URL": os.environ.get("TAGGING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
-    result = run_cli(env, "demo", "--namespace", namespace)
+    try:
+        result = run_cli(env, "demo", "--namespace", namespace)
+    finally:
+        # A demo cut short by run_cli's timeout leaves its processes: stop them.
+        run_cli(env, "demo", "--stop", "--namespace", namespace)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dead letter" in result.stdout and "permanent_error" in result.stdout

@@ -237,3 +237,50 @@ def test_a_late_apply_with_an_unknown_answer_is_refused_over_http(
 
     assert refused.value.code == 400
     assert "answer must be one of" in json.loads(refused.value.read())["error"]
+
+
+def _refusal(fake_api: FakeAlibabaApi, method: str, path: str, raw: bytes) -> tuple[int, Any]:
+    """A control request with a raw body, answered with an error status."""
+    request = urllib.request.Request(
+        f"http://{fake_api.endpoint}/_fake/{path}", data=raw, method=method
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    return refused.value.code, json.loads(refused.value.read())
+
+
+def test_a_fault_that_is_not_json_is_a_400_naming_the_problem(fake_api: FakeAlibabaApi) -> None:
+    status, body = _refusal(fake_api, "POST", "faults", b'{"kind": "throttle",')
+
+    assert status == 400
+    assert body["error"].startswith("the body is not JSON: ")
+    assert fake_api.calls() == [] and _control(fake_api, "GET", "faults") == []
+
+
+def test_a_fault_that_is_not_an_object_is_a_400(fake_api: FakeAlibabaApi) -> None:
+    status, body = _refusal(fake_api, "POST", "faults", b'["throttle"]')
+
+    assert status == 400 and "a fault is a JSON object" in body["error"]
+
+
+def test_an_unknown_fault_kind_is_a_400_naming_the_kinds(fake_api: FakeAlibabaApi) -> None:
+    status, body = _refusal(fake_api, "POST", "faults", b'{"kind": "explode"}')
+
+    assert status == 400
+    assert "'explode'" in body["error"] and "throttle" in body["error"]
+    assert _control(fake_api, "GET", "faults") == []
+
+
+def test_get_faults_lists_the_faults_still_queued(fake_api: FakeAlibabaApi) -> None:
+    _control(fake_api, "POST", "faults", {"kind": "throttle", "call_id": "c1", "times": 1})
+    _control(fake_api, "POST", "faults", {"kind": "error", "call_id": "c2", "times": 2})
+
+    _client(fake_api).update_tags("c1", '["a"]')  # uses up the throttle
+    _client(fake_api).update_tags("c2", '["a"]')  # one of the two errors
+
+    listed = _control(fake_api, "GET", "faults")
+    assert [(f["id"], f["kind"], f["call_id"], f["times"]) for f in listed] == [
+        (2, "error", "c2", 1)
+    ]
+    _control(fake_api, "DELETE", "faults")
+    assert _control(fake_api, "GET", "faults") == []

@@ -517,7 +517,10 @@ class FakeAlibabaApi:
     # the /_fake/ control endpoints ----------------------------------------------------
 
     def control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
-        payload = json.loads(body) if body else {}
+        try:
+            payload = json.loads(body) if body else {}
+        except (ValueError, RecursionError) as exc:  # a UnicodeDecodeError is a ValueError
+            return 400, {"error": f"the body is not JSON: {exc}"}
         parts = path.strip("/").split("/")[1:]
         match method, parts:
             case "GET", ["state"]:
@@ -531,7 +534,12 @@ class FakeAlibabaApi:
                 )
             case "GET", ["log"]:
                 return 200, [asdict(c) for c in self.calls()]
+            case "GET", ["faults"]:
+                with self._lock:
+                    return 200, [asdict(f) for f in self._faults]
             case "POST", ["faults"]:
+                if not isinstance(payload, dict):
+                    return 400, {"error": 'a fault is a JSON object, e.g. {"kind": "throttle"}'}
                 try:
                     return 200, {"id": self.add_fault(**payload)}
                 except (TypeError, ValueError) as exc:

@@ -19,7 +19,7 @@ from rich.table import Table
 from tagging_worker.alibaba.fake_server import run
 from tagging_worker.cli.circuit import circuit
 from tagging_worker.cli.dead import dead
-from tagging_worker.cli.demo import run_demo
+from tagging_worker.cli.demo import command_line, run_demo, stop_demo
 from tagging_worker.cli.support import (
     JsonFlag,
     bad_input,
@@ -140,6 +140,14 @@ def publish(
         bad_input(f"invalid event, nothing published: {exc}")
     for published in ids:
         out.print(published, markup=False)
+    if out.is_terminal:  # a person reads the ids; a script parsing stdout sees only them
+        tw = command_line()
+        dead = f"dead show {ids[0]}" if len(ids) == 1 else "dead list"
+        hint = (
+            f"what became of it: {tw} status (applied, retried, dead)\n"
+            f"if the API refused it for good: {tw} {dead}   (every command: {tw} --help)"
+        )
+        err.print(hint, markup=False, highlight=False, soft_wrap=True)  # unwrapped: pastes
 
 
 def _tags(tag: list[str] | None, tags_json: str | None, clear: bool) -> Any:
@@ -297,9 +305,24 @@ def demo(
         str,
         typer.Option(help="Key prefix and queue of the demo's keys, removed when it starts."),
     ] = "tagging-demo",
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Leave the fake API, the worker and a dead letter running, and print the "
+            "commands to try on them.",
+        ),
+    ] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop what a --keep demo left running.")
+    ] = False,
 ) -> None:
     """Run the whole pipeline locally: Redis, the fake API, a worker, sample events."""
-    raise SystemExit(run_demo(out, sample_count=events, namespace=namespace))
+    if stop:
+        if keep:
+            bad_input("--stop ends a kept demo: give it without --keep")
+        raise SystemExit(stop_demo(out, namespace=namespace))
+    raise SystemExit(run_demo(out, sample_count=events, namespace=namespace, keep=keep))
 
 
 @cli.command()
