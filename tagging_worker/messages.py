@@ -17,7 +17,10 @@ from typing import Any
 
 TASK_NAME = "tagging_worker.update_call_tags"
 CONTENT_TYPE = "application/json"
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+"""The `origin` header of the messages this process builds. Set at import, so a worker's
+prefork children name their main process, and `celery inspect scheduled` there can list the
+retries its node deferred (`worker/scheduled.py`)."""
 
 
 def build_task_message(
@@ -91,7 +94,7 @@ def _envelope(
             "parent_id": None,
             "argsrepr": argsrepr,
             "kwargsrepr": kwargsrepr,
-            "origin": _ORIGIN,
+            "origin": ORIGIN,
             "ignore_result": True,
         },
         "properties": {

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(default=16, ge=1, le=1024)
     worker_pool: Pool = Pool.THREADS
+    task_events: bool = Field(
+        default=True,
+        description="Send Celery's task events (what Flower and `celery events` show: each "
+        "task received, started, retried, failed or succeeded). Off saves a Redis publish "
+        "per state change; see bench/README.md for the cost.",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(?i:DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = Field(
         default=LogFormat.AUTO,
@@ -366,7 +372,9 @@ def env_example() -> str:
         if field.description:
             lines.append(f"# {field.description}")
         value = (
-            json.dumps(default) if isinstance(default, dict) else getattr(default, "value", default)
+            json.dumps(default)
+            if isinstance(default, (dict, bool))
+            else getattr(default, "value", default)
         )
         lines.append(f"{ENV_PREFIX}{name.upper()}={value}")
     return "\n".join(lines) + "\n"

@@ -30,6 +30,11 @@ class RetrySchedule:
     def pending(self) -> int:
         return int(self._redis.zcard(self._keys.retry_due))
 
+    def soonest(self, count: int) -> list[tuple[bytes, float]]:
+        """The first `count` retries to come due: each message and its due time (epoch s)."""
+        found = self._redis.zrange(self._keys.retry_due, 0, count - 1, withscores=True)
+        return [(message, due_ms / 1000) for message, due_ms in found]
+
     def move_due(self, *, batch: int = 500, now: float | None = None) -> int:
         """Move what is due by `now` (epoch seconds; the present by default); returns how many
         messages went back on the queue."""

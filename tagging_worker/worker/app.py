@@ -25,6 +25,7 @@ from tagging_worker.worker.broker_teardown import install_teardown_guard
 from tagging_worker.worker.lifecycle import Lifecycle
 from tagging_worker.worker.poison import install_tolerant_transport, poison_handlers
 from tagging_worker.worker.reliable_fetch import install_reliable_fetch
+from tagging_worker.worker.scheduled import install_scheduled_listing
 from tagging_worker.worker.wiring import PerProcess, Services
 
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,
         worker_consumer=consumer,
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
@@ -73,10 +74,16 @@ def create_app(settings: Settings) -> Celery:
     )
 
     @app.task(
-        name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, Request=request
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        Request=request,
+        throws=(tasks.DeadLettered,),
     )
     def update_call_tags(self: Task, *args: Any, **kwargs: Any) -> str:
-        return tasks.run(services.get(), self.request.id, args, kwargs)
+        return tasks.run(services.get(), self.request.id, args, kwargs).for_celery()
 
+    install_scheduled_listing(services)
     Lifecycle(settings, services).install(app)
     return app

@@ -30,10 +30,11 @@ class InlineWorker:
             return None
         message = read_task_message(raw)
         try:
-            return tasks.run(self.services, message.task_id, message.args, message.kwargs)
+            ending = tasks.run(self.services, message.task_id, message.args, message.kwargs)
         except Reject:
             self._redis.rpush(self._queue, raw)
             raise
+        return ending.outcome
 
     def drain(self, *, limit: int = 10_000) -> list[str]:
         """Runs messages until the queue is empty; their outcomes in order."""

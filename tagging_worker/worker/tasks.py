@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from tagging_worker.alibaba.classify import FailureKind
 from tagging_worker.alibaba.results import ApiFailure, ApiResult, ApiSuccess
-from tagging_worker.errors import InvalidEvent
+from tagging_worker.errors import InvalidEvent, TaggingWorkerError
 from tagging_worker.event import MAX_CALL_ID_LENGTH, MAX_EVENT_ID_LENGTH, TagUpdate, validate_event
 from tagging_worker.messages import build_task_message
 from tagging_worker.ops.reports import (
@@ -49,14 +49,54 @@ BUSY_WAIT_SECONDS = (0.05, 0.3)
 """How long an event waits when another worker is writing its call (jittered)."""
 
 
-def run(sv: Services, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+class DeadLettered(TaggingWorkerError):
+    """The event was dead-lettered and its message is done with. Raised to Celery so that
+    Flower and Celery's events show FAILURE; the task lists it in `throws`, so Celery logs it
+    in one line without a traceback and the Sentry integration leaves it to the dead-letter
+    report, which is grouped by cause."""
+
+
+class RunsAgain(TaggingWorkerError):
+    """Why an event will run again: what Celery's RETRY state shows."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What one delivery came to: the outcome we count, and how Celery should see it. The
+    event is settled (SUCCESS), runs again under the same task id (RETRY), or was
+    dead-lettered (FAILURE); a message is acked in every case."""
+
+    outcome: str
+    again: str | None = None
+    """Why the event runs again, when it does."""
+    again_in: float | None = None
+    """In about how many seconds, when that is known (a parked event waits for its call)."""
+    dead: str | None = None
+    """Why it was dead-lettered, when it was."""
+
+    def for_celery(self) -> str:
+        """The task's return value, or the exception that gives Celery the true state."""
+        if self.dead is not None:
+            raise DeadLettered(self.dead)
+        if self.again is not None:
+            when = "" if self.again_in is None else f" in {self.again_in:.1f} s"
+            raise Retry(
+                f"{self.outcome}, runs again{when}: {self.again}",
+                exc=RunsAgain(self.again),
+                when=self.again_in,
+            )
+        return self.outcome
+
+
+def run(sv: Services, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Ending:
     """One delivery of the task (`create_app` registers it; `inline.py` runs it in a test).
-    Celery drops a message whose task raises, so nothing may escape: a message of the wrong
-    shape or a bug dead-letters the event, and Redis trouble puts the message back."""
+    Celery acks a message whose task raises, so nothing may escape before the event's fate is
+    recorded: a message of the wrong shape or a bug dead-letters the event, and Redis trouble
+    puts the message back. Only then does the task raise, for Celery's states (`Ending`)."""
     try:
         settle = kwargs.get("settle")
         if not args and set(kwargs) == {"settle"} and _is_call_id(settle):
-            return settle_call(sv, settle)
+            return Ending(settle_call(sv, settle))
         if len(args) != 1 or set(kwargs) - {"retry_state"}:
             state = RetryState(
                 received={"args": list(args), "kwargs": kwargs}, first_seen=time.time()
@@ -65,7 +105,7 @@ def run(sv: Services, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any
                 "the task takes one positional argument, the event; got "
                 f"{len(args)} positional and keyword arguments {sorted(kwargs)}"
             )
-            return _bury(sv, state, None, DeadReason.INVALID_EVENT, detail, task_id=task_id).value
+            return _bury(sv, state, None, DeadReason.INVALID_EVENT, detail, task_id=task_id)
         event, carried = args[0], kwargs.get("retry_state")
         progress = Progress(token=uuid.uuid4().hex)
         try:
@@ -96,14 +136,14 @@ def process(
     *,
     task_id: str,
     progress: Progress,
-) -> str:
-    """Returns the outcome, or what happened on the way to one (retried, parked, ...)."""
+) -> Ending:
+    """The outcome, or what happened on the way to one (retried, parked, ...)."""
     now = time.time()
     state = RetryState.resume(carried, raw, now)
     try:
         update = _validated(sv, raw, task_id)
     except InvalidEvent as exc:
-        return _bury(sv, state, None, DeadReason.INVALID_EVENT, str(exc), task_id=task_id).value
+        return _bury(sv, state, None, DeadReason.INVALID_EVENT, str(exc), task_id=task_id)
     progress.update = update
     failpoints.hit(failpoints.BEFORE_BEGIN)
     token = progress.token
@@ -111,13 +151,14 @@ def process(
         update.call_id,
         update.version,
         update.event_id,
-        _message(sv, update, state),
+        _message(sv, update, state, task_id),
         token=token,
         lease_ms=_lease_ms(sv),
     )
     if step is Begin.BUSY:
-        _later(sv, update, state, random.uniform(*BUSY_WAIT_SECONDS))
-        return step.value
+        delay = random.uniform(*BUSY_WAIT_SECONDS)
+        _later(sv, update, state, delay, task_id)
+        return Ending(step.value, again="another delivery is writing this call", again_in=delay)
     if step is not Begin.GO:
         if step is Begin.PARKED:
             failpoints.hit(failpoints.AFTER_PARK)
@@ -129,7 +170,9 @@ def process(
                 step=step,
             )
         )
-        return step.value
+        if step is Begin.PARKED:
+            return Ending(step.value, again="parked until an older version of its call settles")
+        return Ending(step.value)
 
     admission = sv.stores.flow.admit(token)
     if isinstance(admission, Hold):
@@ -157,7 +200,7 @@ def process(
             )
         )
         failpoints.hit(failpoints.BEFORE_ACK)
-        return (recorded.fate or Outcome.APPLIED).value
+        return Ending((recorded.fate or Outcome.APPLIED).value)
 
     if result.maybe_applied:
         failpoints.hit(failpoints.AFTER_API_UNKNOWN)
@@ -174,7 +217,7 @@ def process(
             task_id=task_id,
             token=token,
             last=result,
-        ).value
+        )
     return _retry_or_bury(
         sv, state, update, result, verdict, detail, now, task_id=task_id, token=token
     )
@@ -242,7 +285,7 @@ def _hold(
     *,
     task_id: str,
     token: str,
-) -> str:
+) -> Ending:
     """No API call now (the budget is spent or the circuit is open): the event waits in the
     retry schedule, not in a worker, and keeps its attempts; only its maximum age limits it."""
     step = _next_step(sv, state, now, spread(hold.wait))
@@ -254,14 +297,15 @@ def _hold(
         )
         return _bury(
             sv, state, update, step.reason, detail, task_id=task_id, token=token, sent=False
-        ).value
+        )
     sv.stores.ordering.release(
         update.call_id, token=token, version=update.version, event_id=update.event_id
     )
-    _later(sv, update, state, step.delay)
+    _later(sv, update, state, step.delay, task_id)
     sv.stores.outcomes.add(Outcome.HELD)
     report(Held(call_id=update.call_id, event_id=update.event_id, hold=hold, delay=step.delay))
-    return Outcome.HELD.value
+    why = f"API circuit open: {hold.cause}" if hold.circuit_open else "API budget spent"
+    return Ending(Outcome.HELD.value, again=why, again_in=step.delay)
 
 
 def _retry_or_bury(
@@ -275,7 +319,7 @@ def _retry_or_bury(
     *,
     task_id: str,
     token: str,
-) -> str:
+) -> Ending:
     s = sv.settings
     delay = compute_delay(
         state.attempts_made,
@@ -290,14 +334,14 @@ def _retry_or_bury(
     if isinstance(step, GiveUp):
         return _bury(
             sv, state, update, step.reason, detail, task_id=task_id, token=token, last=failure
-        ).value
+        )
     sv.stores.ordering.release(
         update.call_id,
         token=token,
         version=None if failure.maybe_applied else update.version,
         event_id=update.event_id,
     )
-    _later(sv, update, state, step.delay)
+    _later(sv, update, state, step.delay, task_id)
     sv.stores.outcomes.add(Outcome.RETRIED)
     report(
         Retrying(
@@ -310,7 +354,7 @@ def _retry_or_bury(
             delay=step.delay,
         )
     )
-    return Outcome.RETRIED.value
+    return Ending(Outcome.RETRIED.value, again=detail, again_in=step.delay)
 
 
 def _next_step(sv: Services, state: RetryState, now: float, delay: float) -> RetryIn | GiveUp:
@@ -336,7 +380,7 @@ def _bury(
     token: str = "",
     last: ApiFailure | None = None,
     sent: bool = True,
-) -> Outcome:
+) -> Ending:
     """Dead-letter the event with its fate in one step, under its event id (taken from the
     raw event when it is not valid here, so the publisher's registration is cleared too); this
     may put back an older event of the call that this one had held back. `last` is the answer
@@ -364,7 +408,7 @@ def _bury(
             call_id, record_id, record, token=token, version=version if definite else None
         )
         if fate is Death.DUPLICATE:
-            return Outcome.DEAD
+            return Ending(Outcome.DEAD.value, dead=f"{reason.value}: a copy was already dead")
         if fate is Death.RESURRECTED:
             report(Resurrected(call_id=call_id))
     report(
@@ -380,7 +424,10 @@ def _bury(
     )
     if trimmed := sv.stores.dead_letters.trim():
         report(DeadLettersTrimmed(count=trimmed, limit=sv.settings.dead_letter_max_records))
-    return Outcome.DEAD
+    return Ending(
+        Outcome.DEAD.value,
+        dead=f"{reason.value}: {detail} (tagging-worker dead show {record_id})",
+    )
 
 
 def refuse(
@@ -392,7 +439,7 @@ def refuse(
     settle as for any other death. This delivery sent no request: it leaves nothing in doubt."""
     state = RetryState.resume(carried, received, time.time())
     update = _validated_or_none(sv, received, task_id)
-    return _bury(sv, state, update, reason, detail, task_id=task_id, sent=False)
+    return Outcome(_bury(sv, state, update, reason, detail, task_id=task_id, sent=False).outcome)
 
 
 def _identity(update: TagUpdate | None, raw: Any, task_id: str) -> tuple[str, str | None]:
@@ -414,7 +461,7 @@ def _after_internal_error(
     *,
     task_id: str,
     p: Progress,
-) -> str:
+) -> Ending:
     """A bug, not the event's fault. If the API had already applied the event, record that
     (dead-lettering it would put older held-back events back over it); otherwise dead-letter
     it, giving up its lease."""
@@ -423,24 +470,25 @@ def _after_internal_error(
         recorded = sv.stores.ordering.applied(
             update.call_id, update.version, update.event_id, update.tags_json, token=p.token
         )
-        return (recorded.fate or Outcome.APPLIED).value
+        return Ending((recorded.fate or Outcome.APPLIED).value)
     state = RetryState.resume(carried, event, time.time())
     detail = f"{type(exc).__name__}: {exc}"
     return _bury(
         sv, state, update, DeadReason.INTERNAL_ERROR, detail, task_id=task_id, token=p.token
-    ).value
-
-
-def _message(sv: Services, update: TagUpdate, state: RetryState) -> str:
-    """The event as a self-contained message, to run again later or to hold back."""
-    return build_task_message(
-        update.as_event(), queue=sv.settings.queue, retry_state=state.as_dict()
     )
 
 
-def _later(sv: Services, update: TagUpdate, state: RetryState, delay: float) -> None:
+def _message(sv: Services, update: TagUpdate, state: RetryState, task_id: str) -> str:
+    """The event as a self-contained message, to run again later or to hold back. It keeps
+    the task id: to Celery and Flower a retry is the same task running again."""
+    return build_task_message(
+        update.as_event(), queue=sv.settings.queue, task_id=task_id, retry_state=state.as_dict()
+    )
+
+
+def _later(sv: Services, update: TagUpdate, state: RetryState, delay: float, task_id: str) -> None:
     """Park the event's next message in the retry schedule."""
-    sv.stores.retries.schedule(_message(sv, update, state), delay=delay)
+    sv.stores.retries.schedule(_message(sv, update, state, task_id), delay=delay)
 
 
 def _validated(sv: Services, raw: Any, task_id: str) -> TagUpdate:
