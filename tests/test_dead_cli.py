@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def test_a_long_attempt_history_is_shown_with_its_true_numbers_and_the_gap(
     )
 
     narrow = run_cli(worker_env, "dead", "list")
-    assert "call call-1  #40\n" in narrow.stdout, narrow.stdout
+    assert "expired  #40  call-1\n" in narrow.stdout, narrow.stdout
     wide = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "list")
     assert re.search(r"call-1 +40 ", wide.stdout), wide.stdout
     shown = run_cli({**worker_env, "COLUMNS": "200"}, "dead", "show", "e40").stdout
@@ -151,6 +152,16 @@ def test_show_gives_the_whole_attempt_history(worker_env: dict[str, str], stores
     assert record == _stored(stores, "e1").as_dict()
     shown = run_cli(worker_env, "dead", "show", "e1")
     assert "InvalidParameter.Tags" in shown.stdout and "REQ" in shown.stdout
+
+
+def test_show_through_a_pipe_breaks_no_cell_of_the_attempts(
+    worker_env: dict[str, str], stores: Stores
+) -> None:
+    _bury(stores, "e1", code="InvalidParameter.TagsAreNotDefinedForThisInstance")
+    shown = run_cli({**worker_env, "COLUMNS": "80"}, "dead", "show", "e1")
+    row = next(line for line in shown.stdout.splitlines() if "REQ" in line)
+    assert "InvalidParameter.TagsAreNotDefinedForThisInstance" in row
+    assert datetime.fromtimestamp(time.time(), tz=timezone.utc).strftime("%Y-%m-%d") in row
 
 
 def test_replay_of_ids_and_of_a_filter_and_a_dry_run_that_moves_nothing(
@@ -432,8 +443,12 @@ def test_list_through_a_pipe_at_80_columns_shows_short_ids_that_show_takes(
 
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80
-    assert "call-narrow" in listed.stdout and "refused" in listed.stdout
+    # Two lines a record, never broken: the line with the id also holds the call.
+    records = [line for line in lines if line.startswith("59c3ff05")]
+    assert len(records) == 2 and all(line.endswith("  #1  call-narrow") for line in records)
+    assert [line for line in lines if line.startswith("    ")] == [
+        "    InvalidParameter.Tags: refused"
+    ] * 2
     shown = [line.split()[0] for line in lines if line.strip().startswith("59c3ff05")]
     assert sorted(shown) == [i[: len("59c3ff05-3e45-41f6-adc6-197c0000000") + 1] for i in LONG_IDS]
     for short, full in zip(sorted(shown), LONG_IDS, strict=True):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, BinaryIO
 import click
 import typer
 from rich import box
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
@@ -107,11 +108,14 @@ def dead_list(
     short = store.short_ids(r.id for r in records)
     rows = [_list_row(r, short[r.id]) for r in records]
     if out.width < WIDE_TABLE:
-        # Narrow (80 columns, a pipe): a record per two lines that wrap, so nothing is cut.
-        out.print(_shown(title))
+        # Narrow (80 columns, a pipe): two lines a record, never broken by us (a terminal
+        # wraps them on screen), so `grep` finds a record's id on the line it matched.
+        out.print(_shown(title), soft_wrap=True)
         for short_id, died, reason, code, call_id, made, detail in rows:
-            out.print(_shown(f"{short_id}  {died}  {reason}  {code}  call {call_id}  #{made}"))
-            out.print(_shown(f"    {detail}"))
+            line = f"{short_id}  {died}  {reason}  #{made}  {call_id}"
+            told = detail if code == "-" or detail.startswith(code) else f"{code}: {detail}"
+            out.print(_shown(line), soft_wrap=True)
+            out.print(_shown(f"    {told}"), soft_wrap=True)
         return
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in ("id", "died (UTC)"):
@@ -125,6 +129,9 @@ def dead_list(
 
 WIDE_TABLE = 120
 """Columns from which `dead list` is a table; narrower, each record takes two lines."""
+
+PIPE_WIDTH = 400
+"""The widest a table printed into a pipe may grow (it takes only what its cells need)."""
 
 
 def _list_row(record: DeadLetter | DamagedRecord, short_id: str) -> tuple[str, ...]:
@@ -197,7 +204,8 @@ def dead_show(
             _shown(a.request_id),
             _shown(a.message),
         )
-    out.print(table)
+    # A pipe has no width: the table takes what its cells need rather than 80 columns.
+    (out if out.is_terminal else Console(file=out.file, width=PIPE_WIDTH)).print(table)
 
 
 @dead.command("replay")
