@@ -19,8 +19,9 @@ TASK_NAME = "tagging_worker.update_call_tags"
 CONTENT_TYPE = "application/json"
 ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 """The `origin` header of the messages this process builds. Set at import, so a worker's
-prefork children name their main process, and `celery inspect scheduled` there can list the
-retries its node deferred (`worker/scheduled.py`)."""
+prefork children name their main process, whose consumer ids start with it too: `celery
+inspect scheduled` can tell which worker deferred a retry and whether it is alive
+(`worker/inspection.py`)."""
 
 
 def build_task_message(

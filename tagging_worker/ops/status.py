@@ -10,6 +10,9 @@ from tagging_worker.state.connection import broker_transport_options
 from tagging_worker.state.fetch import held_messages
 from tagging_worker.state.stores import Stores
 
+INSPECT_COMMAND = "tagging"
+"""What a worker answers with its queue, key prefix, consumption and running tasks."""
+
 
 def gather(stores: Stores) -> dict[str, Any]:
     """Counts are read one after another, not in one transaction: a busy system moves
@@ -41,29 +44,30 @@ def gather(stores: Stores) -> dict[str, Any]:
 
 
 def live_workers(stores: Stores, *, timeout: float = 1.0) -> list[dict[str, Any]]:
-    """Workers that answer Celery's broadcast and serve this queue, or serve nothing right
-    now (paused by the open circuit)."""
+    """Workers of this deployment (its queue and key prefix) that answer Celery's broadcast:
+    each says whether it takes messages now (not while the open circuit pauses it) and how
+    many tasks it runs (the `tagging` inspect command, `worker/inspection.py`). Nodes of other
+    queues on the same broker are not listed."""
     control = Celery(
         broker=stores.settings.broker_url,
         broker_transport_options=broker_transport_options(stores.settings),
     ).control
-    inspect = control.inspect(timeout=timeout)
-    queues = inspect.active_queues() or {}
-    active = inspect.active() or {}
+    replies = control.broadcast(INSPECT_COMMAND, reply=True, timeout=timeout) or []
     found = []
-    for name in sorted(set(queues) | set(active)):
-        serving = {q.get("name") for q in queues.get(name) or []}
-        running = [
-            t
-            for t in active.get(name) or []
-            if t.get("delivery_info", {}).get("routing_key") == stores.settings.queue
-        ]
-        if stores.settings.queue in serving or running or not serving:
-            found.append(
-                {
-                    "name": name,
-                    "active_tasks": len(running),
-                    "consuming": stores.settings.queue in serving,
-                }
+    for reply in replies:
+        for name, answer in reply.items():
+            if not isinstance(answer, dict):
+                continue
+            ours = (answer.get("queue"), answer.get("key_prefix")) == (
+                stores.settings.queue,
+                stores.settings.key_prefix,
             )
-    return found
+            if ours:
+                found.append(
+                    {
+                        "name": name,
+                        "active_tasks": int(answer.get("active_tasks", 0)),
+                        "consuming": bool(answer.get("consuming")),
+                    }
+                )
+    return sorted(found, key=lambda worker: worker["name"])

@@ -22,10 +22,12 @@ comes back often enough to reach the limit, unless the same messages keep being 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import redis
 
+from tagging_worker.messages import ORIGIN
 from tagging_worker.state import scripts
 
 DEFAULT_HEARTBEAT_TTL = 20.0
@@ -36,6 +38,17 @@ CRASH_COUNTS_TTL = 86_400.0
 """Seconds a message's failures are remembered after the last one."""
 QUARANTINED = "quarantined"
 """The key that marks a quarantine wrapper: `{"quarantined": {"crashes": n}, "item": raw}`."""
+
+
+def new_consumer_id() -> str:
+    """A consumer's id in the registry: its process's `ORIGIN` (the origin of the messages that
+    process builds, retries included), then a part of its own."""
+    return f"{ORIGIN}:{uuid.uuid4().hex[:12]}"
+
+
+def consumer_origin(consumer: str) -> str:
+    """The `ORIGIN` of the process a consumer id names."""
+    return consumer.rsplit(":", 1)[0]
 
 
 class FetchLedger:
@@ -135,6 +148,12 @@ class FetchLedger:
     def held(self, consumer: str) -> list[bytes]:
         """What `consumer` holds, newest taken first."""
         return list(self._redis.lrange(self.held_key(consumer), 0, -1))
+
+    def live_consumers(self) -> list[str]:
+        """The consumers whose deadline has not passed (on Redis's clock)."""
+        seconds, micros = self._redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return [raw.decode() for raw in self._redis.zrangebyscore(self.registry, now_ms, "+inf")]
 
     def held_messages(self) -> int:
         """How many of the queue's messages its registered consumers have taken and not yet

@@ -8,7 +8,7 @@ and `broker_teardown.py` (kombu patches so a taken message is never lost). `back
 `retry_state.py` decide retries; `failpoints.py` lets tests crash the worker at a chosen
 step; `inline.py` runs the task in-process for tests. `start_options.py` makes
 `tagging-worker worker` and `celery -A tagging_worker worker` take queue, log level and node
-name alike; `scheduled.py` lists delayed retries in `celery inspect scheduled`.
+name alike; `inspection.py` answers `celery inspect` (delayed retries in `scheduled`).
 
 May import: `ops`, `state`, `settings`, `alibaba`, the contract. Not produce or cli.
 """

@@ -22,10 +22,10 @@ from tagging_worker.settings import Settings
 from tagging_worker.state.connection import broker_transport_options
 from tagging_worker.worker import tasks
 from tagging_worker.worker.broker_teardown import install_teardown_guard
+from tagging_worker.worker.inspection import install_inspection
 from tagging_worker.worker.lifecycle import Lifecycle
 from tagging_worker.worker.poison import install_tolerant_transport, poison_handlers
 from tagging_worker.worker.reliable_fetch import install_reliable_fetch
-from tagging_worker.worker.scheduled import install_scheduled_listing
 from tagging_worker.worker.wiring import PerProcess, Services
 
 
@@ -84,6 +84,6 @@ def create_app(settings: Settings) -> Celery:
     def update_call_tags(self: Task, *args: Any, **kwargs: Any) -> str:
         return tasks.run(services.get(), self.request.id, args, kwargs).for_celery()
 
-    install_scheduled_listing(services)
+    install_inspection(services)
     Lifecycle(settings, services).install(app)
     return app

@@ -30,11 +30,8 @@ quarantine a message at `fetch_max_crashes` among them, are `tagging_worker.stat
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections import Counter
 from queue import Empty
@@ -47,7 +44,12 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from tagging_worker.ops.logs import Repeats
-from tagging_worker.state.fetch import DEFAULT_HEARTBEAT_TTL, DEFAULT_MAX_CRASHES, FetchLedger
+from tagging_worker.state.fetch import (
+    DEFAULT_HEARTBEAT_TTL,
+    DEFAULT_MAX_CRASHES,
+    FetchLedger,
+    new_consumer_id,
+)
 from tagging_worker.worker.broker_teardown import torn_down
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,7 @@ class ReliableFetch:
         """The channel's identity and keys, fixed at its first fetch."""
         if self._fetch_queue is not None:
             return
-        self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._consumer = new_consumer_id()
         self._ledger = FetchLedger(
             self._redis(),
             self.global_keyprefix + self.fetch_key_prefix,
