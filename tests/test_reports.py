@@ -289,3 +289,28 @@ def test_metrics_count_in_multiprocess_mode_even_when_prometheus_client_came_fir
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == 2.0
+
+
+def test_a_failed_attempt_of_unknown_outcome_is_one_line_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unknown = ApiFailure(
+        FailureKind.TRANSIENT, "ServiceUnavailable", "down", 503, "REQ-5", 0.1, maybe_applied=True
+    )
+    install_hooks(log_report)
+    with caplog.at_level(logging.INFO):
+        report(MaybeApplied(call_id="call-2", version=2, failure=unknown))
+        report(
+            Retrying(
+                call_id="call-2",
+                event_id="ev-2",
+                version=2,
+                attempt=1,
+                attempts_used=1,
+                failure=unknown,
+                delay=0.5,
+            )
+        )
+    [line] = caplog.records
+    assert line.getMessage().startswith("attempt failed, retrying (outcome unknown:")
+    assert line.maybe_applied is True  # type: ignore[attr-defined]

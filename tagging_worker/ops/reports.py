@@ -225,11 +225,18 @@ def log_report(record: Report) -> None:
             )
         case Retrying(failure=failure):
             level = logging.WARNING if failure.kind is FailureKind.TRANSIENT else logging.INFO
+            unknown = (
+                " (outcome unknown: the API may still apply it; its call is checked once that "
+                "can no longer happen)"
+                if failure.maybe_applied
+                else ""
+            )
             events_log.log(
                 level,
-                "attempt failed, retrying",
+                f"attempt failed, retrying{unknown}",
                 extra={
                     "outcome": "retried",
+                    "maybe_applied": failure.maybe_applied,
                     "call_id": record.call_id,
                     "event_id": record.event_id,
                     "version": record.version,
@@ -293,7 +300,8 @@ def log_report(record: Report) -> None:
                 },
             )
         case MaybeApplied(failure=failure):
-            events_log.warning(
+            # At INFO the event's own line says it (a retry's, a dead letter's detail).
+            events_log.debug(
                 "outcome unknown (%s): the API may still apply version %d; the call is checked "
                 "once that can no longer happen",
                 failure.code,
