@@ -110,11 +110,27 @@ def _envelope(
     return _dumps(message)
 
 
+SHOWN_TAGS = 5
+"""How many of an event's tags its short form shows (each cut at `SHOWN_TAG_LENGTH`)."""
+SHOWN_TAG_LENGTH = 32
+
+
 def _argsrepr(event: Any) -> str:
-    """A short readable form for Flower and logs; never the whole event."""
-    if isinstance(event, dict):
-        return repr({k: event.get(k) for k in ("call_id", "version", "event_id") if k in event})
-    return "<event>"
+    """A short readable form for Flower and logs, bounded whatever the event: the call, its
+    version and id, and the first tags (an empty list, shown, is an event that clears)."""
+    if not isinstance(event, dict):
+        return "<event>"
+    shown: dict[str, Any] = {
+        k: event.get(k) for k in ("call_id", "version", "event_id") if k in event
+    }
+    tags = event.get("tags")
+    if isinstance(tags, list):
+        listed = [str(tag)[:SHOWN_TAG_LENGTH] for tag in tags[:SHOWN_TAGS]]
+        more = len(tags) - SHOWN_TAGS
+        shown["tags"] = listed + ([f"... {more} more"] if more > 0 else [])
+    elif tags is not None:
+        shown["tags"] = str(tags)[: SHOWN_TAGS * SHOWN_TAG_LENGTH]
+    return repr(shown)
 
 
 def _dumps(value: Any) -> str:
