@@ -70,8 +70,7 @@ def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
 
 
 def _listed_workers(env: dict[str, str]) -> list[str]:
-    """The workers `status` lists as consuming this test's queue (a paused worker of another
-    test, consuming nothing, is listed too)."""
+    """The workers `status` lists as consuming this test's queue."""
     shown = run_cli(env, "status", "--json")
     assert shown.returncode == 0, shown.stderr
     return sorted(w["name"] for w in json.loads(shown.stdout)["workers"] if w["consuming"])
@@ -152,6 +151,19 @@ def test_an_explicit_loglevel_wins_over_TAGGING_LOG_LEVEL(
     worker = start(command, "--loglevel=INFO", TAGGING_LOG_LEVEL="ERROR")
 
     wait_for(lambda: _logged(worker, "info", "ready."), what="the worker's ready record")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", COMMANDS)
+def test_both_starts_run_without_mingle_and_gossip(
+    command: str, stores: Stores, start: Callable[..., StartedWorker]
+) -> None:
+    """`tagging-worker worker` always ran without them; `celery -A` ran both (a second of
+    'searching for neighbors' at start, every worker's events on every worker)."""
+    worker = start(command, "--loglevel=INFO")
+
+    wait_for(lambda: _logged(worker, "info", "ready."), what="the worker's ready record")
+    assert not [r for r in worker.records() if "mingle" in r["logger"] or "gossip" in r["logger"]]
 
 
 @pytest.mark.e2e

@@ -77,8 +77,6 @@ def worker(
         "worker",
         f"--concurrency={settings.worker_concurrency}",
         f"--pool={settings.worker_pool.value}",
-        "--without-gossip",
-        "--without-mingle",
     ]
     # Queue, and log level and node name unless given here, are chosen where they are for
     # `celery -A tagging_worker worker` too (`worker/start_options.py`).

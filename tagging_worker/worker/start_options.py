@@ -10,7 +10,10 @@ or takes a message:
   (WARNING) would otherwise win. The format is always TAGGING_LOG_FORMAT (`app.py`);
 - the node name is unique per process on a host unless `-n/--hostname` was given: Celery's
   default, `celery@HOST`, is the same for every worker on a host, and two workers sharing a
-  name answer `status`, `celery inspect` and Flower as one.
+  name answer `status`, `celery inspect` and Flower as one;
+- mingle and gossip are off: mingle spends a second at start asking the other workers for
+  revoked tasks, gossip has every worker follow every other worker's events; the consumption
+  gate and the fetch registry already keep workers apart without either.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def install(app: Celery, settings: Settings) -> None:
         if refusal:
             print(f"tagging-worker: {refusal}", file=sys.stderr)
             raise SystemExit(2)
+        # The consumer's bootsteps read these from the worker's options, after this signal.
+        sender.options.update(without_mingle=True, without_gossip=True)
         given = given_options()
         if given is None:
             return
