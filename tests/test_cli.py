@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import typer.main
 
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+from tagging_worker.cli.main import cli
 from tagging_worker.reasons import DeadReason
 from tagging_worker.state.stores import Stores
 from tests.conftest import queued_events, run_cli
@@ -307,3 +311,34 @@ def test_demo_shows_events_applied_and_a_dead_letter_replayed(namespace: str) ->
     assert "dead letter" in result.stdout and "permanent_error" in result.stdout
     assert "InvalidParameter.Tags → OK" in result.stdout
     assert "every call holds its tags" in result.stdout
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """Every leaf command of the CLI, with its path."""
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is() -> None:
+    undescribed = [
+        f"{path} {param.name}"
+        for path, command in _commands(typer.main.get_command(cli))
+        for param in command.params
+        if param.name != "help" and not getattr(param, "help", None)
+    ]
+    assert not undescribed
+
+
+def test_help_joins_a_docstrings_lines_into_paragraphs_at_80_columns() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "tagging_worker", "circuit", "--help"],
+        env={**os.environ, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "merits: the circuit closes and workers" in " ".join(shown.split())
+    assert max(len(line) for line in shown.splitlines()) <= 80

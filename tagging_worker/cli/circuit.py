@@ -19,7 +19,9 @@ from tagging_worker.ops.doctor import describe, explain
 from tagging_worker.state.flow import Flow, Transition
 
 circuit = typer.Typer(
-    help="See the API circuit; probe or reset it once the set-up is fixed.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="See the API circuit; probe or reset it once the set-up is fixed.",
+    no_args_is_help=True,
 )
 
 SHOWN = ("circuit", "circuit_kind", "circuit_cause", "circuit_retry_in", "failures_in_a_row")

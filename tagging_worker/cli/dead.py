@@ -44,7 +44,11 @@ from tagging_worker.state.dead_letters import (
 )
 from tagging_worker.state.stores import Stores
 
-dead = typer.Typer(help="Inspect, fix and replay dead-lettered events.", no_args_is_help=True)
+dead = typer.Typer(
+    help="Inspect, fix and replay dead-lettered events.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 Reason = Annotated[str | None, typer.Option(help="Only this reason, e.g. permanent_error.")]
 Code = Annotated[str | None, typer.Option(help="Only this error code (of the last attempt).")]
@@ -86,7 +90,7 @@ def dead_list(
     source: Source = None,
     since: Since = None,
     until: Until = None,
-    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many matches (paging).")] = 0,
     as_json: JsonFlag = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON record per line.")] = False,
@@ -400,7 +404,11 @@ def _replay_edited(stores: Stores, store: DeadLetterStore, record_id: str, *, dr
 
 
 @dead.command("delete")
-def dead_delete(record_ids: list[str]) -> None:
+def dead_delete(
+    record_ids: Annotated[
+        list[str], typer.Argument(help="Ids to delete, or their starts as `dead list` shows them.")
+    ],
+) -> None:
     """Delete dead letters by id."""
     store = stores_or_exit().dead_letters
     record_ids = [_full_id(store, given) for given in record_ids]

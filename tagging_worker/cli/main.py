@@ -41,6 +41,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 cli.add_typer(dead, name="dead")
 cli.add_typer(circuit, name="circuit")
@@ -101,7 +102,9 @@ def publish(
     ] = False,
     version: Annotated[int | None, typer.Option(help="Ordering key; default: now in ms.")] = None,
     event_id: Annotated[str | None, typer.Option(help="Idempotency key; default: a UUID.")] = None,
-    source: Annotated[str | None, typer.Option()] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Where the event comes from (dead letters filter on it).")
+    ] = None,
     file: Annotated[
         Path | None, typer.Option(help="JSON event, or JSON lines of events; '-' for stdin.")
     ] = None,
@@ -280,13 +283,18 @@ def _status_table(snapshot: dict[str, Any]) -> Table:
 
 @cli.command("fake-api")
 def fake_api(
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8080,
+    host: Annotated[str, typer.Option(help="Loopback unless told otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8080,
     access_key_id: Annotated[
-        str, typer.Option(envvar="FAKE_API_ACCESS_KEY_ID")
+        str, typer.Option(envvar="FAKE_API_ACCESS_KEY_ID", help="The key it accepts.")
     ] = "fake-access-key-id",
     access_key_secret: Annotated[
-        str, typer.Option(envvar="FAKE_API_ACCESS_KEY_SECRET", show_default=False)
+        str,
+        typer.Option(
+            envvar="FAKE_API_ACCESS_KEY_SECRET",
+            show_default=False,
+            help="Its secret (default: fake-access-key-secret).",
+        ),
     ] = "fake-access-key-secret",
     latency_ms: Annotated[float, typer.Option(help="Added to every answer.")] = 0.0,
     clock_check: Annotated[bool, typer.Option(help="Reject stale x-acs-date.")] = True,
