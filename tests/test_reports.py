@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, get_args
 
 import pytest
@@ -69,20 +70,21 @@ DEAD = Dead(
     attempts=1,
     code="InvalidParameter.Tags",
 )
+RETRYING = Retrying(
+    call_id="call-2",
+    event_id="ev-2",
+    version=2,
+    attempt=1,
+    attempts_used=1,
+    failure=FLAKY,
+    delay=0.5,
+)
 EVERY_KIND: list[Report] = [
     ApiCalled(result=OK),
     ApiCalled(result=FLAKY),
     WaitedForSlot(seconds=0.02),
     Applied(call_id="call-1", event_id="ev-1", version=1, attempt=1, result=OK),
-    Retrying(
-        call_id="call-2",
-        event_id="ev-2",
-        version=2,
-        attempt=1,
-        attempts_used=1,
-        failure=FLAKY,
-        delay=0.5,
-    ),
+    RETRYING,
     Held(call_id="call-3", event_id="ev-3", hold=Hold(wait=1.0, circuit_open=True), delay=1.2),
     _circuit(Transition.OPENED),
     _circuit(Transition.OPENED, kind="transient"),
@@ -300,17 +302,7 @@ def test_a_failed_attempt_of_unknown_outcome_is_one_line_at_info(
     install_hooks(log_report)
     with caplog.at_level(logging.INFO):
         report(MaybeApplied(call_id="call-2", version=2, failure=unknown))
-        report(
-            Retrying(
-                call_id="call-2",
-                event_id="ev-2",
-                version=2,
-                attempt=1,
-                attempts_used=1,
-                failure=unknown,
-                delay=0.5,
-            )
-        )
+        report(replace(RETRYING, failure=unknown))
     [line] = caplog.records
     assert line.getMessage().startswith("attempt failed, retrying (outcome unknown:")
     assert line.maybe_applied is True  # type: ignore[attr-defined]
