@@ -69,3 +69,36 @@ def test_closing_a_half_torn_down_reliable_channel_leaves_its_held_message_for_r
         survivor.drain_events(timeout=10)
     assert taken == [{"n": 1}, {"n": 1}]
     survivor.release()
+
+
+def test_a_task_that_ends_after_its_channel_was_torn_down_acks_without_raising(
+    own_redis: OwnRedis,
+) -> None:
+    """A lost connection restores the held messages while their tasks run; each task's ack
+    then comes to the old channel, whose connection is gone. kombu's ack would build a client
+    from it (AttributeError: Celery's "Unrecoverable error", and the worker exits): the ack
+    takes the message out of the held list instead, so it is not delivered again."""
+    options = {"fetch_key_prefix": "fetch", "fetch_heartbeat_ttl": 2}
+    connection = Connection(own_redis.url, transport=Transport, transport_options=options)
+    queue = Queue("teardown", routing_key="teardown")
+    producer = connection.Producer()
+    for n in range(2):
+        producer.publish({"n": n}, routing_key="teardown", declare=[queue])
+    taken: list[Any] = []
+    consumer = connection.Consumer(
+        queue, callbacks=[lambda body, m: taken.append(m)], prefetch_count=1
+    )
+    consumer.consume()
+    connection.drain_events(timeout=5)
+    channel = connection.default_channel
+    client = redis.Redis.from_url(own_redis.url)
+    own_redis.stop()  # the hand-back at the restore below meets no Redis...
+    channel.qos.restore_unacked()
+    connection.transport.client = None
+    own_redis.start()  # ...and the task ends once Redis is back
+
+    [message] = taken
+    message.ack()
+
+    assert not list(client.scan_iter("fetch:teardown:held:*")), "nothing held any more"
+    assert client.llen("teardown") == 1, "the other message is still queued, once"

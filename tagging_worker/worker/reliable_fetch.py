@@ -60,12 +60,22 @@ OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl", "fetch_max_crashes")
 
 class ReliableQoS(kombu_redis.QoS):
     """kombu's Redis QoS, except that a message fetched into a held list is acked, rejected
-    and restored there instead of in kombu's `unacked` hash."""
+    and restored there instead of in kombu's `unacked` hash.
+
+    A lost connection restores what the channel holds while its tasks still run. When such a
+    task ends, its ack or reject must not take kombu's path: that builds a client from the
+    channel's connection, which is gone, and the AttributeError stops the worker. A held
+    message was given back (or stays held until the consumer's deadline passes): its ack
+    removes it from the held list if it is still there, best effort, so it is not delivered
+    again for nothing; any second delivery meets the event's recorded fate. A message kombu
+    fetched is left in its `unacked` hash for the visibility-timeout restore."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: dict[Any, bytes] = {}
         """The exact bytes of each held message by delivery tag: what LREM must match."""
+        self._given_up: dict[Any, bytes] = {}
+        """Held messages restored while their tasks ran, by delivery tag."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         raw = self.channel._delivering
@@ -76,18 +86,24 @@ class ReliableQoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
+        if self._ended_after_restore(delivery_tag, requeue=False):
+            return
         raw = self._held.get(delivery_tag)
         if raw is None:
-            super().ack(delivery_tag)
+            if not self._forgotten_if_torn_down(delivery_tag):
+                super().ack(delivery_tag)
             return
         self.channel._release(raw)
         self._held.pop(delivery_tag, None)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._ended_after_restore(delivery_tag, requeue=requeue):
+            return
         raw = self._held.get(delivery_tag)
         if raw is None:
-            super().reject(delivery_tag, requeue=requeue)
+            if not self._forgotten_if_torn_down(delivery_tag):
+                super().reject(delivery_tag, requeue=requeue)
             return
         if requeue:
             self.channel._requeue(raw)
@@ -101,14 +117,45 @@ class ReliableQoS(kombu_redis.QoS):
         taken first; the rest is kombu's."""
         self._flush()
         mine = [tag for tag in self._delivered if tag in self._held]
-        held = [self._held.pop(tag) for tag in mine]
+        held = []
         for tag in mine:
+            raw = self._given_up[tag] = self._held.pop(tag)
+            held.append(raw)
             del self._delivered[tag]
         if held:
             self.channel._hand_back(held[::-1])
         if not self._delivered:
             return None
         return super().restore_unacked(client)
+
+    def _ended_after_restore(self, delivery_tag: Any, *, requeue: bool) -> bool:
+        """The task of a message restored at a lost connection has ended: take the message out
+        of the held list where it may still be (acked), or put it back on the queue if it is
+        (rejected to be delivered again). True if the tag was such a message."""
+        raw = self._given_up.pop(delivery_tag, None)
+        if raw is None:
+            return False
+        try:
+            (self.channel._requeue if requeue else self.channel._release)(raw)
+        except redis.RedisError as exc:
+            log.warning(
+                "a task ended while Redis was unreachable (%s): its message comes back when "
+                "this consumer's deadline passes, and meets the event's recorded fate",
+                exc,
+            )
+        return True
+
+    def _forgotten_if_torn_down(self, delivery_tag: Any) -> bool:
+        """kombu's own ack and reject build a client from the channel's connection; when that
+        is gone, the message stays in kombu's `unacked` hash (its visibility-timeout restore
+        delivers it again) and is forgotten here. True if so."""
+        if not torn_down(self.channel):
+            return False
+        log.warning(
+            "broker connection gone: a message's ack is left to the visibility-timeout restore"
+        )
+        virtual.QoS.ack(self, delivery_tag)
+        return True
 
 
 class ReliableFetch:
