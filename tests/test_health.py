@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import redis
+
 from tagging_worker.ops.health import LIVENESS_STALE_AFTER, STARTUP_GRACE, Heartbeats, assess
+from tagging_worker.state.connection import write_refusal_cause
 
 READY_WITHIN = 5.0
 
@@ -56,3 +59,22 @@ def test_a_worker_paused_by_the_open_circuit_is_still_ready_and_says_so() -> Non
     beats = _beats(housekeeping_at=99.0, redis_ok_at=99.0, consumer_at=99.0, paused=True)
     health = assess(beats, 100.0, ready_within=5)
     assert health.ready and health.as_dict()["paused_by_circuit"] is True
+
+
+def test_redis_refusing_writes_makes_it_unready_naming_why_but_not_dead() -> None:
+    beats = _beats(housekeeping_at=99.0, redis_ok_at=99.0, consumer_at=99.0)
+    beats.writes_refused = "Redis is full"
+    health = assess(beats, 100.0, ready_within=5)
+    assert health.live and not health.ready
+    assert health.problems == ("Redis refuses writes: Redis is full",)
+    assert health.as_dict()["redis_refuses_writes"] == "Redis is full"
+
+
+def test_each_write_refusal_is_named_for_its_fix_and_other_errors_are_not_refusals() -> None:
+    full = write_refusal_cause(redis.exceptions.OutOfMemoryError("OOM command not allowed"))
+    replica = write_refusal_cause(redis.exceptions.ReadOnlyError("You can't write"))
+    assert full is not None and "maxmemory" in full
+    assert replica is not None and "read-only replica" in replica
+    no_replicas = write_refusal_cause(redis.exceptions.ResponseError("NOREPLICAS Not enough"))
+    assert no_replicas is not None and "min-replicas-to-write" in no_replicas
+    assert write_refusal_cause(redis.exceptions.ConnectionError("refused")) is None

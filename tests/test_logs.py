@@ -18,6 +18,7 @@ from tagging_worker.alibaba.results import ApiFailure, ApiSuccess
 from tagging_worker.ops.logs import (
     CELERY_PER_TASK_LOGGERS,
     CREDENTIAL_CHAIN_LOGGERS,
+    OncePerInterval,
     Repeats,
     configure,
 )
@@ -259,4 +260,25 @@ def test_a_loop_that_keeps_working_logs_nothing_and_a_new_outage_is_told_at_once
         "Redis unavailable",
         "the loop works again after 0 s and 1 failure(s)",
         "Redis unavailable",
+    ]
+
+
+def test_a_librarys_warning_from_a_loop_comes_out_once_a_minute(captured: io.StringIO) -> None:
+    """kombu warns with a traceback on each turn of its binding refresh while Redis refuses
+    writes: once a second."""
+    now = [0.0]
+    limiter = OncePerInterval(60.0, clock=lambda: now[0])
+    kombu = logging.getLogger("tests.kombu-like")
+    kombu.addFilter(limiter)
+    try:
+        configure("INFO", LogFormat.JSON, captured)
+        for second in range(0, 130):
+            now[0] = float(second)
+            kombu.warning("maybe_refresh_binding_expiry: Redis error, will retry")
+        kombu.warning("another problem")
+    finally:
+        kombu.removeFilter(limiter)
+    messages = [r["message"] for r in _records(captured)]
+    assert messages == ["maybe_refresh_binding_expiry: Redis error, will retry"] * 3 + [
+        "another problem"
     ]

@@ -9,6 +9,10 @@ be right.
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import redis
 from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
+from tagging_worker.state.connection import WritesRefused
 from tagging_worker.state.outcomes import FATES
 from tagging_worker.state.stores import Stores
 from tests.conftest import (
@@ -25,6 +30,8 @@ from tests.conftest import (
     ACCESS_KEY_SECRET,
     OwnRedis,
     WorkerProcess,
+    free_port,
+    run_cli,
     wait_for,
     worker_env_for,
 )
@@ -80,4 +87,86 @@ def test_a_worker_outlives_redis_going_away_with_tasks_in_flight(
         assert stores.outcomes.snapshot()["applied"] == EVENTS
         assert all(slow_api.tags_of(f"call-{i}") == [f"t{i}"] for i in range(EVENTS))
     finally:
+        worker.stop()
+
+
+def _refuse_writes(admin: redis.Redis, how: str) -> None:
+    if how == "full":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)  # below what it holds: every growing write is refused
+    else:
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # a master never seen
+
+
+def _take_writes(admin: redis.Redis, how: str) -> None:
+    if how == "full":
+        admin.config_set("maxmemory", 0)
+    else:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+
+
+def _readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+    except OSError:  # the probe's own connection failed: ask again
+        return 0, {}
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("how", ["full", "read_only"])
+def test_while_redis_refuses_writes_workers_pause_say_why_once_and_then_resume(
+    how: str,
+    pool: str,
+    own_redis: OwnRedis,
+    slow_api: FakeAlibabaApi,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics_port = free_port()
+    env = {
+        **worker_env_for(own_redis.url, "refusal", slow_api.endpoint),
+        "TAGGING_METRICS_PORT": str(metrics_port),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    stores = Stores.connect(load_settings())
+    admin = redis.Redis(port=own_redis.port)
+    worker = WorkerProcess(
+        env, tmp_path / "worker.log", pool=pool, concurrency=8 if pool == "threads" else 4
+    )
+    publisher = Publisher.from_settings(stores.settings)
+    try:
+        publisher.publish_many(
+            [{"call_id": f"call-{i}", "tags": [f"t{i}"], "version": 1} for i in range(EVENTS)]
+        )
+        wait_for(lambda: _settled(stores) >= 8, what="the worker under way")
+
+        _refuse_writes(admin, how)
+
+        _, health = wait_for(
+            lambda: (found := _readyz(metrics_port))[0] == 503 and found, what="not ready"
+        )
+        assert "Redis refuses writes" in " ".join(health["problems"])  # type: ignore[arg-type]
+        published = run_cli(env, "publish", "--call-id", "call-late", "--tag", "x")
+        assert published.returncode == 1
+        assert "Redis refuses writes" in published.stderr, published.stderr
+        said = "maxmemory" if how == "full" else "read-only replica"
+        assert said in published.stderr
+        with pytest.raises(WritesRefused, match=said):
+            publisher.publish({"call_id": "call-late", "tags": ["x"]})
+        time.sleep(2)  # housekeeping turns many times: the cause is still told once
+
+        _take_writes(admin, how)
+
+        wait_for(lambda: _settled(stores) >= EVENTS, timeout=120, what="every event settled")
+        wait_for(lambda: _readyz(metrics_port)[0] == 200, what="ready again")
+        assert worker.proc.poll() is None, worker.log()[-4000:]
+        assert all(slow_api.tags_of(f"call-{i}") == [f"t{i}"] for i in range(EVENTS))
+        told = [line for line in worker.log().splitlines() if "Redis refuses writes" in line]
+        assert len(told) == 1, told
+    finally:
+        _take_writes(admin, how)
         worker.stop()

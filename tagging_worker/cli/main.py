@@ -35,6 +35,7 @@ from tagging_worker.ops.doctor import run_doctor
 from tagging_worker.ops.status import gather, live_workers
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import Pool
+from tagging_worker.state.connection import WritesRefused, write_refusal_cause
 
 cli = typer.Typer(
     help="Apply tag-update events to Alibaba Cloud UpdateOutboundCallTags.",
@@ -50,8 +51,13 @@ cli.add_typer(circuit, name="circuit")
 def main() -> None:
     try:
         cli()
+    except WritesRefused as exc:
+        err.print(f"tagging-worker: {exc}", markup=False)
+        raise SystemExit(1) from None
     except redis.RedisError as exc:
-        err.print(f"tagging-worker: Redis is unreachable: {exc}", markup=False)
+        cause = write_refusal_cause(exc)
+        said = f"Redis refuses writes: {cause}" if cause else f"Redis is unreachable: {exc}"
+        err.print(f"tagging-worker: {said}", markup=False)
         raise SystemExit(1) from None
 
 
@@ -253,6 +259,8 @@ def _status_table(snapshot: dict[str, Any]) -> Table:
     table = Table(title=f"tagging-worker status (queue {snapshot['queue']})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    if snapshot["redis_refuses_writes"]:
+        table.add_row("REDIS", f"refuses writes: {snapshot['redis_refuses_writes']}")
     table.add_row("queued", str(snapshot["queued"]))
     table.add_row("delayed retries", str(snapshot["delayed_retries"]))
     table.add_row("unfinished events", str(snapshot["unfinished_events"]))

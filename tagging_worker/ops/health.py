@@ -1,8 +1,8 @@
 """Liveness and readiness from heartbeats the worker's threads leave (pure decisions).
 
 Live: the worker process still runs its loops (a Redis outage is not a reason to restart it).
-Ready: Redis answers and the consumer loop is turning, so messages are being taken, or
-deliberately not taken while the API circuit is open.
+Ready: Redis answers and takes writes, and the consumer loop is turning, so messages are
+being taken, or deliberately not taken while the API circuit is open.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class Heartbeats:
     redis_ok_at: float | None = None
     consumer_at: float | None = None
     paused: bool = False
+    """Not taking messages because the API circuit is open."""
+    writes_refused: str | None = None
+    """Why Redis refuses writes (full, read-only), while it does: no message is taken."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Health:
     ready: bool
     problems: tuple[str, ...]
     paused: bool
+    writes_refused: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -41,6 +45,7 @@ class Health:
             "ready": self.ready,
             "problems": list(self.problems),
             "paused_by_circuit": self.paused,
+            "redis_refuses_writes": self.writes_refused,
         }
 
 
@@ -60,8 +65,14 @@ def assess(beats: Heartbeats, now: float, *, ready_within: float) -> Health:
         problems.append("the housekeeping loop has stopped")
     if not within(beats.redis_ok_at, ready_within):
         problems.append("Redis is not answering")
+    elif beats.writes_refused:
+        problems.append(f"Redis refuses writes: {beats.writes_refused}")
     if not within(beats.consumer_at, ready_within):
         problems.append("the consumer is not taking messages")
     return Health(
-        live=live, ready=live and not problems, problems=tuple(problems), paused=beats.paused
+        live=live,
+        ready=live and not problems,
+        problems=tuple(problems),
+        paused=beats.paused,
+        writes_refused=beats.writes_refused,
     )

@@ -58,6 +58,10 @@ def configure(level: str | int, fmt: LogFormat, stream: TextIO | None = None) ->
         for old in [f for f in logger.filters if isinstance(f, DemoteCeleryPerTaskLines)]:
             logger.removeFilter(old)
         logger.addFilter(DemoteCeleryPerTaskLines(logger))
+    kombu = logging.getLogger(KOMBU_REDIS_LOGGER)
+    for old in [f for f in kombu.filters if isinstance(f, OncePerInterval)]:
+        kombu.removeFilter(old)
+    kombu.addFilter(OncePerInterval())
     credentials, scheduler = map(logging.getLogger, CREDENTIAL_CHAIN_LOGGERS)
     credentials.handlers.clear()
     # Never below INFO: its DEBUG lines print the credentials it fetched.
@@ -69,6 +73,10 @@ CREDENTIAL_CHAIN_LOGGERS = ("credentials", "apscheduler")
 """Alibaba Cloud's credential chain logs to `credentials`, which it gives handlers of its own
 (each record would come out again, unformatted, on stderr); the scheduler of its ECS RAM role
 provider (APScheduler) logs two INFO lines a minute."""
+
+KOMBU_REDIS_LOGGER = "kombu.transport.redis"
+"""kombu's Redis transport warns, with a traceback, on every turn of a loop that fails (its
+binding refresh, once a second while Redis refuses writes)."""
 
 CELERY_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 """Where Celery logs "Task ... received" and "Task ... succeeded in ..." for every task."""
@@ -92,6 +100,25 @@ class DemoteCeleryPerTaskLines(logging.Filter):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return self._logger.isEnabledFor(logging.DEBUG)
+
+
+class OncePerInterval(logging.Filter):
+    """Lets a record through once per `interval` seconds for each message template of its
+    logger: for a library's loop that logs each turn, where `Repeats` cannot be used."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, record.msg), self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[key] = now
+        return True
 
 
 @dataclass

@@ -79,6 +79,11 @@ class RedisCollector:
         self._failures.succeeded()
         yield GaugeMetricFamily("tagging_redis_up", "Whether Redis answered.", value=1)
         yield GaugeMetricFamily(
+            "tagging_redis_writable",
+            "Whether Redis takes writes (0: full or a read-only replica; workers pause).",
+            value=0 if snapshot["redis_refuses_writes"] else 1,
+        )
+        yield GaugeMetricFamily(
             "tagging_queue_depth", "Messages waiting on the queue.", value=snapshot["queued"]
         )
         yield GaugeMetricFamily(

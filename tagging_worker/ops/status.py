@@ -40,6 +40,7 @@ def gather(stores: Stores) -> dict[str, Any]:
             "last_5_minutes": stores.outcomes.rates(300, current=outcomes),
         },
         "api": stores.flow.snapshot(),
+        "redis_refuses_writes": stores.write_refusal(),
     }
 
 

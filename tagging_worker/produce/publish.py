@@ -17,10 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import redis
+
 from tagging_worker.errors import InvalidEvent
 from tagging_worker.event import EventLimits, TagUpdate, require_object, validate_event
 from tagging_worker.messages import build_task_message
 from tagging_worker.settings import Settings, load_settings
+from tagging_worker.state.connection import WritesRefused, refused_writes
 from tagging_worker.state.ordering import Ordering
 from tagging_worker.state.stores import Stores
 
@@ -46,21 +49,30 @@ class Publisher:
     def publish_many(
         self, events: Iterable[Mapping[str, Any]], *, validate: bool = True, chunk: int = 1000
     ) -> list[str]:
-        """Every event is checked before any is sent; then they are pipelined in chunks."""
+        """Every event is checked before any is sent; then they are pipelined in chunks.
+        Raises `WritesRefused` when Redis is full or read-only, saying how many went out."""
         prepared = [self._prepare(event, validate) for event in events]
         for start in range(0, len(prepared), chunk):
-            batch = self._with_default_versions(prepared[start : start + chunk])
-            pipe = self._ordering.client.pipeline(transaction=False)
-            for full, update in batch:
-                message = build_task_message(full, queue=self._ordering.queue)
-                if update is None:
-                    pipe.lpush(self._ordering.queue, message)
-                else:
-                    self._ordering.publish(
-                        update.call_id, update.version, update.event_id, message, pipe=pipe
-                    )
-            pipe.execute()
+            try:
+                self._send(prepared[start : start + chunk])
+            except redis.exceptions.ResponseError as exc:
+                cause = refused_writes(exc)
+                sent = f"{start} of {len(prepared)} events were published" if start else "none"
+                raise WritesRefused(f"Redis refuses writes ({sent}): {cause}") from exc
         return [str(full["event_id"]) for full, _ in prepared]
+
+    def _send(self, prepared: list[tuple[dict[str, Any], TagUpdate | None]]) -> None:
+        batch = self._with_default_versions(prepared)
+        pipe = self._ordering.client.pipeline(transaction=False)
+        for full, update in batch:
+            message = build_task_message(full, queue=self._ordering.queue)
+            if update is None:
+                pipe.lpush(self._ordering.queue, message)
+            else:
+                self._ordering.publish(
+                    update.call_id, update.version, update.event_id, message, pipe=pipe
+                )
+        pipe.execute()
 
     def _prepare(
         self, event: Mapping[str, Any], validate: bool

@@ -18,6 +18,40 @@ from tagging_worker.settings import Settings
 from tagging_worker.state.keys import Keys
 
 
+class WritesRefused(redis.exceptions.RedisError):
+    """Redis answers but refuses writes; `str()` says why and what fixes it. A `RedisError`,
+    so code that handles Redis trouble handles this too."""
+
+
+def write_refusal_cause(exc: BaseException) -> str | None:
+    """Why Redis refused a write, said so an operator can fix it; None for other errors."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return (
+            "Redis is full: it reached maxmemory and its policy evicts nothing (noeviction); "
+            "free memory (dead letters, old keys) or raise maxmemory"
+        )
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return (
+            "Redis is a read-only replica (a failover left this client on it?): point "
+            "TAGGING_BROKER_URL at the master, or at its Sentinels"
+        )
+    if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOREPLICAS"):
+        return (
+            "Redis reaches fewer replicas than its min-replicas-to-write (a failover under "
+            "way?): it takes writes again once they are back"
+        )
+    return None
+
+
+def refused_writes(exc: redis.exceptions.ResponseError) -> str:
+    """`exc`'s cause when it is a refusal of writes; re-raises it otherwise (for use in an
+    `except ResponseError` clause)."""
+    cause = write_refusal_cause(exc)
+    if cause is None:
+        raise exc
+    return cause
+
+
 def is_sentinel(url: str) -> bool:
     return url.startswith("sentinel://")
 

@@ -97,6 +97,12 @@ class Keys:
         return self._k("settle")
 
     @property
+    def writable(self) -> str:
+        """String: rewritten by every housekeeping tick and scrape to learn whether Redis takes
+        writes now; expires in a minute."""
+        return self._k("writable")
+
+    @property
     def circuit(self) -> str:
         """Hash: the API circuit's state, cool-down end, probe, failures in a row and cause."""
         return self._k("flow", "circuit")

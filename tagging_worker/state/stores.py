@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from tagging_worker.settings import Settings
-from tagging_worker.state.connection import connect
+from tagging_worker.state.connection import connect, refused_writes
 from tagging_worker.state.dead_letters import DeadLetterStore
 from tagging_worker.state.flow import Flow, FlowPolicy
 from tagging_worker.state.keys import Keys
@@ -60,3 +60,12 @@ class Stores:
             outcomes=OutcomeCounters(client, keys),
             flow=Flow(client, keys, FlowPolicy.from_settings(settings)),
         )
+
+    def write_refusal(self) -> str | None:
+        """Why Redis refuses writes now (full, or a read-only replica), None while it takes
+        them. Other Redis errors (unreachable) are raised."""
+        try:
+            self.redis.set(self.keys.writable, "1", px=60_000)
+        except redis.exceptions.ResponseError as exc:
+            return refused_writes(exc)
+        return None

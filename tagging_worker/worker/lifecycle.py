@@ -114,6 +114,12 @@ class Lifecycle:
     def housekeeping_tick(self) -> None:
         stores = self.services.get().stores
         self.heartbeats.housekeeping_at = time.monotonic()
+        refusal = stores.write_refusal()
+        self._tell_refusal(refusal)
+        if refusal:
+            # It answers, but each step below writes: the gate stops taking messages.
+            self.heartbeats.redis_ok_at = time.monotonic()
+            return
         if stores.flow.blocked():
             self.api_blocked.set()
         else:
@@ -123,6 +129,20 @@ class Lifecycle:
         while stores.retries.move_due() and self._housekeeper and self._housekeeper.running:
             pass
         stores.ordering.queue_due_settles()
+
+    def _tell_refusal(self, refusal: str | None) -> None:
+        """One error when Redis starts refusing writes (or for another cause), one line when it
+        takes them again; nothing on the ticks between."""
+        was, self.heartbeats.writes_refused = self.heartbeats.writes_refused, refusal
+        if refusal and refusal != was:
+            log.error(
+                "Redis refuses writes: %s. Not taking messages until it accepts them; "
+                "nothing is lost",
+                refusal,
+                extra={"redis_refuses_writes": refusal},
+            )
+        elif was and not refusal:
+            log.warning("Redis accepts writes again: taking messages")
 
     def start_housekeeping(self) -> None:
         self._housekeeper = Housekeeper(
@@ -148,17 +168,19 @@ class Lifecycle:
     def check_gate(self, consumer: Any) -> None:
         queue = self.settings.queue
         self.heartbeats.consumer_at = time.monotonic()
+        circuit = self.api_blocked.is_set()
         if consumer.task_consumer is not None:
-            blocked = self.api_blocked.is_set()
+            blocked = circuit or self.heartbeats.writes_refused is not None
             if blocked and not self._paused:
                 self._paused = True
                 consumer.cancel_task_queue(queue)
-                log.warning("circuit open: stopped taking messages from %s", queue)
+                if circuit:
+                    log.warning("circuit open: stopped taking messages from %s", queue)
             elif not blocked and self._paused:
                 self._paused = False
                 consumer.add_task_queue(queue)
-                log.warning("circuit no longer blocks calls: taking messages from %s again", queue)
-        self.heartbeats.paused = self._paused
+                log.warning("taking messages from %s again", queue)
+        self.heartbeats.paused = self._paused and circuit
 
     def health(self) -> Health:
         # Both loops turn every scheduler interval; a few missed turns is not yet trouble.

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from queue import Empty
 from typing import Any
 
@@ -58,6 +58,9 @@ OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl", "fetch_max_crashes")
 """Transport options this module reads (besides kombu's own)."""
 
 
+_settle_failures = Repeats(log, "acks of held messages")
+
+
 class ReliableQoS(kombu_redis.QoS):
     """kombu's Redis QoS, except that a message fetched into a held list is acked, rejected
     and restored there instead of in kombu's `unacked` hash.
@@ -76,6 +79,8 @@ class ReliableQoS(kombu_redis.QoS):
         """The exact bytes of each held message by delivery tag: what LREM must match."""
         self._given_up: dict[Any, bytes] = {}
         """Held messages restored while their tasks ran, by delivery tag."""
+        self._pending: deque[tuple[bool, bytes]] = deque()
+        """Held messages whose ack (False) or reject (True) Redis did not take yet."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         raw = self.channel._delivering
@@ -93,7 +98,7 @@ class ReliableQoS(kombu_redis.QoS):
             if not self._forgotten_if_torn_down(delivery_tag):
                 super().ack(delivery_tag)
             return
-        self.channel._release(raw)
+        self._settle_held(raw, requeue=False)
         self._held.pop(delivery_tag, None)
         virtual.QoS.ack(self, delivery_tag)
 
@@ -105,12 +110,34 @@ class ReliableQoS(kombu_redis.QoS):
             if not self._forgotten_if_torn_down(delivery_tag):
                 super().reject(delivery_tag, requeue=requeue)
             return
-        if requeue:
-            self.channel._requeue(raw)
-        else:
-            self.channel._release(raw)
+        self._settle_held(raw, requeue=requeue)
         self._held.pop(delivery_tag, None)
         virtual.QoS.ack(self, delivery_tag)
+
+    def _settle_held(self, raw: bytes, *, requeue: bool) -> None:
+        """Ack (`requeue` False) or reject a held message in Redis. When Redis cannot (it is
+        unreachable, full or a read-only replica) the failure must not reach the event loop,
+        where it would stop the worker: the message stays held and the keeper thread tries
+        again each turn (`settle_pending`) until Redis takes it."""
+        try:
+            (self.channel._requeue if requeue else self.channel._release)(raw)
+        except redis.RedisError as exc:
+            self._pending.append((requeue, raw))
+            _settle_failures.failed(
+                "could not ack or reject a held message (%s): trying again each turn", exc
+            )
+        else:
+            _settle_failures.succeeded()
+
+    def settle_pending(self) -> None:
+        """Ack or reject, now, what could not be when its task ended (the keeper's turn)."""
+        for _ in range(len(self._pending)):
+            requeue, raw = self._pending.popleft()
+            try:
+                (self.channel._requeue if requeue else self.channel._release)(raw)
+            except redis.RedisError:
+                self._pending.appendleft((requeue, raw))
+                return
 
     def restore_unacked(self, client: Any = None) -> Any:
         """Held messages go back to the front of the queue, newest first so the oldest is
@@ -321,6 +348,7 @@ class ReliableFetch:
         """Renew this consumer's deadline, then take back the messages of dead consumers
         (the keeper thread's turn)."""
         self._beat()
+        self.qos.settle_pending()
         for consumer in self._ledger.expired(100):
             if consumer == self._consumer:
                 continue
