@@ -13,7 +13,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,6 @@ from tagging_worker.alibaba.fake_server import FakeAlibabaApi
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
 from tagging_worker.state.connection import WritesRefused
-from tagging_worker.state.outcomes import FATES
 from tagging_worker.state.stores import Stores
 from tests.conftest import (
     ACCESS_KEY_ID,
@@ -32,6 +32,7 @@ from tests.conftest import (
     WorkerProcess,
     free_port,
     run_cli,
+    settled,
     wait_for,
     worker_env_for,
 )
@@ -49,12 +50,51 @@ def slow_api() -> Iterator[FakeAlibabaApi]:
     api.stop()
 
 
-def _settled(stores: Stores) -> int:
-    try:
-        counts = stores.outcomes.snapshot()
-    except redis.RedisError:
-        return 0
-    return sum(counts[fate.value] for fate in FATES)
+@dataclass
+class Running:
+    """A worker with `EVENTS` events published to it, on the test's own Redis."""
+
+    env: dict[str, str]
+    stores: Stores
+    worker: WorkerProcess
+
+
+@pytest.fixture
+def running(
+    own_redis: OwnRedis,
+    slow_api: FakeAlibabaApi,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., Running]]:
+    """Starts a worker of the given pool on the test's Redis, publishes `EVENTS` events and
+    returns once it has settled a few: it has tasks in flight from then on."""
+    started: list[WorkerProcess] = []
+
+    def start(pool: str, **settings: str) -> Running:
+        env = {**worker_env_for(own_redis.url, "trouble", slow_api.endpoint), **settings}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        stores = Stores.connect(load_settings())
+        worker = WorkerProcess(
+            env, tmp_path / "worker.log", pool=pool, concurrency=8 if pool == "threads" else 4
+        )
+        started.append(worker)
+        Publisher.from_settings(stores.settings).publish_many(
+            [{"call_id": f"call-{i}", "tags": [f"t{i}"], "version": 1} for i in range(EVENTS)]
+        )
+        wait_for(settled(stores, 8), what="the worker under way")
+        return Running(env, stores, worker)
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def _all_applied_and_running(run: Running, api: FakeAlibabaApi) -> None:
+    wait_for(settled(run.stores, EVENTS), timeout=120, what="every event settled")
+    assert run.worker.proc.poll() is None, run.worker.log()[-4000:]
+    assert run.stores.outcomes.snapshot()["applied"] == EVENTS
+    assert all(api.tags_of(f"call-{i}") == [f"t{i}"] for i in range(EVENTS))
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
@@ -64,30 +104,13 @@ def test_a_worker_outlives_redis_going_away_with_tasks_in_flight(
     pool: str,
     own_redis: OwnRedis,
     slow_api: FakeAlibabaApi,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    running: Callable[..., Running],
 ) -> None:
-    env = worker_env_for(own_redis.url, "trouble", slow_api.endpoint)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    stores = Stores.connect(load_settings())
-    worker = WorkerProcess(
-        env, tmp_path / "worker.log", pool=pool, concurrency=8 if pool == "threads" else 4
-    )
-    try:
-        Publisher.from_settings(stores.settings).publish_many(
-            [{"call_id": f"call-{i}", "tags": [f"t{i}"], "version": 1} for i in range(EVENTS)]
-        )
-        wait_for(lambda: _settled(stores) >= 8, what="the worker under way")
+    run = running(pool)
 
-        getattr(own_redis, fault)()
+    getattr(own_redis, fault)()
 
-        wait_for(lambda: _settled(stores) >= EVENTS, timeout=120, what="every event settled")
-        assert worker.proc.poll() is None, worker.log()[-4000:]
-        assert stores.outcomes.snapshot()["applied"] == EVENTS
-        assert all(slow_api.tags_of(f"call-{i}") == [f"t{i}"] for i in range(EVENTS))
-    finally:
-        worker.stop()
+    _all_applied_and_running(run, slow_api)
 
 
 def _refuse_writes(admin: redis.Redis, how: str) -> None:
@@ -122,35 +145,20 @@ def test_while_redis_refuses_writes_workers_pause_say_why_once_and_then_resume(
     pool: str,
     own_redis: OwnRedis,
     slow_api: FakeAlibabaApi,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    running: Callable[..., Running],
 ) -> None:
     metrics_port = free_port()
-    env = {
-        **worker_env_for(own_redis.url, "refusal", slow_api.endpoint),
-        "TAGGING_METRICS_PORT": str(metrics_port),
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    stores = Stores.connect(load_settings())
+    run = running(pool, TAGGING_METRICS_PORT=str(metrics_port))
     admin = redis.Redis(port=own_redis.port)
-    worker = WorkerProcess(
-        env, tmp_path / "worker.log", pool=pool, concurrency=8 if pool == "threads" else 4
-    )
-    publisher = Publisher.from_settings(stores.settings)
+    publisher = Publisher.from_settings(run.stores.settings)
     try:
-        publisher.publish_many(
-            [{"call_id": f"call-{i}", "tags": [f"t{i}"], "version": 1} for i in range(EVENTS)]
-        )
-        wait_for(lambda: _settled(stores) >= 8, what="the worker under way")
-
         _refuse_writes(admin, how)
 
         _, health = wait_for(
             lambda: (found := _readyz(metrics_port))[0] == 503 and found, what="not ready"
         )
         assert "Redis refuses writes" in " ".join(health["problems"])  # type: ignore[arg-type]
-        published = run_cli(env, "publish", "--call-id", "call-late", "--tag", "x")
+        published = run_cli(run.env, "publish", "--call-id", "call-late", "--tag", "x")
         assert published.returncode == 1
         assert "Redis refuses writes" in published.stderr, published.stderr
         said = "maxmemory" if how == "full" else "read-only replica"
@@ -158,15 +166,10 @@ def test_while_redis_refuses_writes_workers_pause_say_why_once_and_then_resume(
         with pytest.raises(WritesRefused, match=said):
             publisher.publish({"call_id": "call-late", "tags": ["x"]})
         time.sleep(2)  # housekeeping turns many times: the cause is still told once
-
-        _take_writes(admin, how)
-
-        wait_for(lambda: _settled(stores) >= EVENTS, timeout=120, what="every event settled")
-        wait_for(lambda: _readyz(metrics_port)[0] == 200, what="ready again")
-        assert worker.proc.poll() is None, worker.log()[-4000:]
-        assert all(slow_api.tags_of(f"call-{i}") == [f"t{i}"] for i in range(EVENTS))
-        told = [line for line in worker.log().splitlines() if "Redis refuses writes" in line]
-        assert len(told) == 1, told
     finally:
         _take_writes(admin, how)
-        worker.stop()
+
+    _all_applied_and_running(run, slow_api)
+    wait_for(lambda: _readyz(metrics_port)[0] == 200, what="ready again")
+    told = [line for line in run.worker.log().splitlines() if "Redis refuses writes" in line]
+    assert len(told) == 1, told
