@@ -173,3 +173,35 @@ def test_while_redis_refuses_writes_workers_pause_say_why_once_and_then_resume(
     wait_for(lambda: _readyz(metrics_port)[0] == 200, what="ready again")
     told = [line for line in run.worker.log().splitlines() if "Redis refuses writes" in line]
     assert len(told) == 1, told
+
+
+def test_a_fetch_that_redis_refuses_takes_nothing_and_stops_no_worker(
+    own_redis: OwnRedis,
+    slow_api: FakeAlibabaApi,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BLMOVE writes, so a full Redis refuses the worker's next fetch before housekeeping has
+    paused it: an idle worker whose gate turns slowly meets that every time."""
+    env = {
+        **worker_env_for(own_redis.url, "fetch-refused", slow_api.endpoint),
+        "TAGGING_SCHEDULER_INTERVAL_SECONDS": "10",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    worker = WorkerProcess(env, tmp_path / "worker.log", pool="threads", concurrency=2)
+    admin = redis.Redis(port=own_redis.port)
+    try:
+        wait_for(lambda: "ready." in worker.log(), what="the worker ready")
+        _refuse_writes(admin, "full")
+        wait_for(lambda: "fetch refused" in worker.log(), what="a refused fetch")
+        _take_writes(admin, "full")
+        stores = Stores.connect(load_settings())
+        Publisher.from_settings(stores.settings).publish(
+            {"call_id": "call-after", "tags": ["x"], "version": 1}
+        )
+        wait_for(settled(stores, 1), what="the event applied")
+        assert worker.proc.poll() is None, worker.log()[-4000:]
+    finally:
+        _take_writes(admin, "full")
+        worker.stop()

@@ -44,6 +44,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from tagging_worker.ops.logs import Repeats
+from tagging_worker.state.connection import refused_writes
 from tagging_worker.state.fetch import (
     DEFAULT_HEARTBEAT_TTL,
     DEFAULT_MAX_CRASHES,
@@ -59,6 +60,7 @@ OPTIONS = ("fetch_key_prefix", "fetch_heartbeat_ttl", "fetch_max_crashes")
 
 
 _settle_failures = Repeats(log, "acks of held messages")
+_fetch_refusals = Repeats(log, "fetching")
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -238,15 +240,19 @@ class ReliableFetch:
             return
         if self._fetching:
             self._lost_fetch_at = time.monotonic()
-        self._settle_lost_fetch()
         self._bind(queue)
-        # A consumer's deadline must not pass while its BLMOVE can still move a message (a
-        # registry entry is dropped once its deadline passed and its list is empty), so the
-        # deadline is renewed here if the keeper has not done it lately, and BLMOVE's own
-        # timeout stays well inside the TTL.
-        if time.monotonic() - self._beaten_at > self._ttl / 2:
-            self._beat()
-            _keeper.watch(self)
+        try:
+            self._settle_lost_fetch()
+            # A consumer's deadline must not pass while its BLMOVE can still move a message
+            # (a registry entry is dropped once its deadline passed and its list is empty), so
+            # the deadline is renewed here if the keeper has not done it lately, and BLMOVE's
+            # own timeout stays well inside the TTL.
+            if time.monotonic() - self._beaten_at > self._ttl / 2:
+                self._beat()
+                _keeper.watch(self)
+        except redis.exceptions.ResponseError as exc:
+            refused_writes(exc)  # full or read-only: the BLMOVE below is refused too
+            _fetch_refusals.failed("fetch refused (%s): taking nothing until it passes", exc)
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
@@ -276,7 +282,16 @@ class ReliableFetch:
             if item is None:
                 raise Empty()
             self._deliver_held(item)
+            _fetch_refusals.succeeded()
             return True
+        except redis.exceptions.ResponseError as exc:
+            # A full or read-only Redis refuses the fetch's writes (BLMOVE, the scripts): the
+            # consumption gate pauses consuming within a housekeeping tick; until then nothing
+            # is delivered, and what a step may have moved is settled as a lost fetch.
+            refused_writes(exc)
+            self._lost_fetch_at = time.monotonic()
+            _fetch_refusals.failed("fetch refused (%s): taking nothing until it passes", exc)
+            raise Empty() from None
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
