@@ -68,15 +68,17 @@ def test_a_delayed_retry_is_listed_after_the_worker_that_deferred_it_stopped(
     fake_api: FakeAlibabaApi,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    fake_api.add_fault("error", code="ServiceUnavailable", http_status=503, times=1)
-    long_retry = {"TAGGING_RETRY_BASE_SECONDS": "600", "TAGGING_RETRY_CAP_SECONDS": "600"}
-    first = start_worker(**long_retry)
+    # The API's retry-after decides the delay (backoff's full jitter could make it short).
+    fake_api.add_fault(
+        "error", code="ServiceUnavailable", http_status=503, times=1, retry_after_ms=600_000
+    )
+    first = start_worker()
     Publisher.from_settings(stores.settings).publish_many(
         [{"call_id": "call-orphan-retry", "tags": ["x"], "version": 1}]
     )
     wait_for(lambda: stores.retries.pending() == 1, what="the retry scheduled")
     first.stop()
-    start_worker(**long_retry)
+    start_worker()
 
     inspect = Celery(
         broker=stores.settings.broker_url,

@@ -157,9 +157,12 @@ def test_delayed_retries_are_listed_by_celery_inspect_scheduled(
     start_worker: Callable[..., WorkerProcess],
     task_events: TaskEvents,
 ) -> None:
-    fake_api.add_fault("error", code="ServiceUnavailable", http_status=503, times=1)
+    # The API's retry-after decides the delay (backoff's full jitter could make it short).
+    fake_api.add_fault(
+        "error", code="ServiceUnavailable", http_status=503, times=1, retry_after_ms=600_000
+    )
     task_id, _ = _publish_one(stores, "call-flower-scheduled")
-    start_worker(pool, TAGGING_RETRY_BASE_SECONDS="600", TAGGING_RETRY_CAP_SECONDS="600")
+    start_worker(pool)
     wait_for(lambda: stores.retries.pending() == 1, what="the retry scheduled")
 
     inspect = task_events.app.control.inspect(timeout=2.0)
