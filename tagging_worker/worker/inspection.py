@@ -20,7 +20,7 @@ from typing import Any
 from celery.worker import state as worker_state
 from celery.worker.control import Panel, inspect_command
 
-from tagging_worker.messages import ORIGIN, TASK_NAME, read_task_message
+from tagging_worker.messages import ORIGIN, TASK_NAME
 from tagging_worker.ops.status import INSPECT_COMMAND
 from tagging_worker.state.fetch import FetchLedger, consumer_origin
 from tagging_worker.worker.wiring import PerProcess, Services
@@ -46,9 +46,10 @@ def install_inspection(services: PerProcess[Services]) -> None:
         origins = sorted({consumer_origin(c) for c in live})
         adopts = origins[:1] == [ORIGIN]
         for raw, due in sv.stores.retries.soonest(SCAN_LIMIT):
-            origin = json.loads(raw).get("headers", {}).get("origin")
+            headers = json.loads(raw).get("headers", {})
+            origin = headers.get("origin")
             if origin == ORIGIN or (adopts and origin not in origins):
-                listed.append(as_scheduled(raw, due, hostname=state.hostname, queue=queue))
+                listed.append(as_scheduled(headers, due, hostname=state.hostname, queue=queue))
         return listed
 
     @inspect_command(name=INSPECT_COMMAND)
@@ -70,15 +71,15 @@ def install_inspection(services: PerProcess[Services]) -> None:
         }
 
 
-def as_scheduled(raw: bytes, due: float, *, hostname: str, queue: str) -> dict[str, Any]:
-    """One retry as Celery lists a scheduled task."""
-    headers = json.loads(raw).get("headers", {})
-    task = read_task_message(raw)
+def as_scheduled(
+    headers: dict[str, Any], due: float, *, hostname: str, queue: str
+) -> dict[str, Any]:
+    """One retry, by its message's headers, as Celery lists a scheduled task."""
     return {
         "eta": datetime.fromtimestamp(due, tz=timezone.utc).isoformat(),
         "priority": 0,
         "request": {
-            "id": task.task_id,
+            "id": headers.get("id"),
             "name": headers.get("task", TASK_NAME),
             "args": headers.get("argsrepr", ""),
             "kwargs": headers.get("kwargsrepr", ""),
