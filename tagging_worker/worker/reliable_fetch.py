@@ -122,7 +122,7 @@ class ReliableQoS(kombu_redis.QoS):
         where it would stop the worker: the message stays held and the keeper thread tries
         again each turn (`settle_pending`) until Redis takes it."""
         try:
-            (self.channel._requeue if requeue else self.channel._release)(raw)
+            self._settle_in_redis(raw, requeue=requeue)
         except redis.RedisError as exc:
             self._pending.append((requeue, raw))
             _settle_failures.failed(
@@ -131,12 +131,17 @@ class ReliableQoS(kombu_redis.QoS):
         else:
             _settle_failures.succeeded()
 
+    def _settle_in_redis(self, raw: bytes, *, requeue: bool) -> None:
+        """A held message back on the queue (rejected to be delivered again) or out of the held
+        list (acked or rejected for good)."""
+        (self.channel._requeue if requeue else self.channel._release)(raw)
+
     def settle_pending(self) -> None:
         """Ack or reject, now, what could not be when its task ended (the keeper's turn)."""
         for _ in range(len(self._pending)):
             requeue, raw = self._pending.popleft()
             try:
-                (self.channel._requeue if requeue else self.channel._release)(raw)
+                self._settle_in_redis(raw, requeue=requeue)
             except redis.RedisError:
                 self._pending.appendleft((requeue, raw))
                 return
@@ -165,7 +170,7 @@ class ReliableQoS(kombu_redis.QoS):
         if raw is None:
             return False
         try:
-            (self.channel._requeue if requeue else self.channel._release)(raw)
+            self._settle_in_redis(raw, requeue=requeue)
         except redis.RedisError as exc:
             log.warning(
                 "a task ended while Redis was unreachable (%s): its message comes back when "
