@@ -36,13 +36,13 @@ from tagging_worker.produce.publish import Publisher
 def at_load(
     redis_url: str, endpoint: str, pool: str, concurrency: int, rate: float, seconds: float
 ) -> list[float]:
-    """Seconds from publish to fate for every event published at `rate` for `seconds`."""
+    """Seconds from publish to fate for every event published at `rate` for `seconds` (one
+    event per call: a call's fates hash is written when its event finishes)."""
     with namespace(redis_url) as (prefix, stores):
         published: dict[str, float] = {}
         finished: dict[str, float] = {}
-        fate_prefix = stores.keys.fate("")
         pubsub = stores.redis.pubsub()
-        pubsub.psubscribe(f"__keyspace@0__:{fate_prefix}*")
+        pubsub.psubscribe(f"__keyspace@0__:{stores.keys.fates('*', '')}")
 
         listening = threading.Event()
         listening.set()
@@ -50,9 +50,9 @@ def at_load(
         def listen() -> None:
             while listening.is_set():
                 message = pubsub.get_message(timeout=0.2)
-                if message and message["type"] == "pmessage" and message["data"] == b"set":
-                    key = message["channel"].decode().split(":", 1)[1]
-                    finished.setdefault(key[len(fate_prefix) :], time.monotonic())
+                if message and message["type"] == "pmessage" and message["data"] == b"hset":
+                    call_id = message["channel"].decode().split(":")[-2]
+                    finished.setdefault(call_id, time.monotonic())
 
         # Joined before its connection closes: a thread still reading a closed socket would
         # close whichever new connection got its file descriptor.
@@ -71,8 +71,8 @@ def at_load(
             start = time.monotonic()
             for n in range(total):
                 time.sleep(max(0.0, start + n / rate - time.monotonic()))
-                event_id = publisher.publish({"call_id": f"load-{n}", "tags": ["有意向"]})
-                published[event_id] = time.monotonic()
+                publisher.publish({"call_id": f"load-{n}", "tags": ["有意向"]})
+                published[f"load-{n}"] = time.monotonic()
             wait(lambda: all(e in finished for e in published), timeout=300, poll=0.1)
         finally:
             stop([proc])
@@ -96,7 +96,7 @@ def main() -> None:
     fake = FakeApi.start(args.latency_ms)
     rows = []
     try:
-        with own_redis("--notify-keyspace-events", "K$") as redis_url:
+        with own_redis("--notify-keyspace-events", "Kh") as redis_url:
             ceiling = worker(fake.endpoint, args.pool, args.concurrency, args.calibrate, redis_url)
             print(f"maximum: {ceiling:,.0f} events/s", flush=True)
             for load in args.loads:

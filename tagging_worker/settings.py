@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -204,12 +205,17 @@ class Settings(BaseSettings):
         description="Events and raw message bodies are kept in dead letters up to this size.",
     )
     version_ttl_seconds: int = Field(
-        default=7 * 86_400, ge=60, description="How long a call's applied version is remembered."
+        default=0,
+        ge=0,
+        description="How long a call's applied version is remembered after its last event; "
+        "0: as long as a copy of an event can still arrive (max age + settle + visibility "
+        "timeout), the least that is safe.",
     )
     fate_ttl_seconds: int = Field(
-        default=7 * 86_400,
-        ge=60,
-        description="How long an event's outcome is remembered to recognise redeliveries.",
+        default=0,
+        ge=0,
+        description="How long the outcomes of a call's events are remembered after its last "
+        "one, to recognise redeliveries and duplicates; 0: the least that is safe, as above.",
     )
     settle_seconds: float = Field(
         default=60.0,
@@ -289,14 +295,34 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def arrival_window_seconds(self) -> int:
+        """How long after an event was first seen a copy of it can still arrive: its retries
+        end by its max age, a request of unknown outcome can land until the settle time after
+        it, and a message a dead worker held comes back within the visibility timeout."""
+        return math.ceil(
+            self.event_max_age_seconds + self.settle_seconds + self.visibility_timeout_seconds
+        )
+
+    @property
+    def version_ttl(self) -> int:
+        """TAGGING_VERSION_TTL_SECONDS, or the arrival window for 0 (s)."""
+        return self.version_ttl_seconds or self.arrival_window_seconds
+
+    @property
+    def fate_ttl(self) -> int:
+        """TAGGING_FATE_TTL_SECONDS, or the arrival window for 0 (s)."""
+        return self.fate_ttl_seconds or self.arrival_window_seconds
+
     @model_validator(mode="after")
     def _versions_outlive_events(self) -> Settings:
         """A version or a fate forgotten while a copy of its event can still arrive would let
-        that copy regress the call or count twice."""
-        floor = self.event_max_age_seconds + self.settle_seconds + self.visibility_timeout_seconds
+        that copy regress the call or count twice; remembered any longer, they only take
+        memory (a week at 50 events/s was 8.7 GiB of Redis, `bench/redis_footprint.py`)."""
+        floor = self.arrival_window_seconds
         for name, value in (
-            ("TAGGING_VERSION_TTL_SECONDS", self.version_ttl_seconds),
-            ("TAGGING_FATE_TTL_SECONDS", self.fate_ttl_seconds),
+            ("TAGGING_VERSION_TTL_SECONDS", self.version_ttl),
+            ("TAGGING_FATE_TTL_SECONDS", self.fate_ttl),
         ):
             if value < floor:
                 raise ValueError(

@@ -156,7 +156,7 @@ def _record(ordering: Ordering, event_id: str, *, code: str = "InvalidParameter"
 # -- ordering -------------------------------------------------------------------------------
 
 
-def test_a_success_asks_for_the_fate_of_a_parked_event_then_supersedes_it(
+def test_a_success_supersedes_a_parked_event_in_one_call_its_fate_with_the_calls_keys(
     ordering: Ordering, redis_client: redis.Redis, namespace: str
 ) -> None:
     ordering.publish("call-1", 9, "e9", _message("e9"))
@@ -168,12 +168,9 @@ def test_a_success_asks_for_the_fate_of_a_parked_event_then_supersedes_it(
         Outcome.APPLIED, repair=False
     )
 
-    (first_keys, first), (second_keys, second) = applied.calls
-    assert first == [b"need", b"fate", b"e4"]  # and nothing was written (Watched checks)
-    assert ordering.keys.fate("e4") not in first_keys
-    assert second_keys == [*first_keys, ordering.keys.fate("e4").encode()]
-    assert second == [b"applied", 0]
-    assert ordering.fate("e4") == "superseded"
+    assert applied.replies == [[b"applied", 0]]
+    assert ordering.keys.fates("call-1", "e4") in applied.calls[0][0]
+    assert ordering.fate("call-1", "e4") == "superseded"
     assert OutcomeCounters(redis_client, ordering.keys).snapshot()["superseded"] == 1
     assert redis_client.zcard(ordering.keys.parked("call-1")) == 0
 
@@ -191,7 +188,7 @@ def test_with_nothing_parked_or_in_doubt_each_step_is_one_call(
     assert not any(_is_need(r) for r in begin.replies + applied.replies)
 
 
-def test_an_older_event_asks_for_the_fate_of_a_newer_in_doubt_write_before_it_is_parked(
+def test_an_older_event_is_parked_behind_a_newer_in_doubt_write_in_one_call(
     ordering: Ordering, redis_client: redis.Redis, namespace: str
 ) -> None:
     """e5's worker died right after sending it: whether e3 may go depends on e5's fate."""
@@ -201,8 +198,7 @@ def test_an_older_event_asks_for_the_fate_of_a_newer_in_doubt_write_before_it_is
 
     assert _begin(ordering, 3, "e3", token="b") is Begin.PARKED
 
-    assert begin.replies == [[b"need", b"fate", b"e5"], b"parked"]
-    assert begin.calls[1][0][-1] == ordering.keys.fate("e5").encode()
+    assert begin.replies == [b"parked"]
     assert _begin(ordering, 5, "e5", token="again") is Begin.GO
     assert ordering.dead("call-1", "e5", _record(ordering, "e5"), token="again") is (
         Death.RESURRECTED
@@ -210,7 +206,7 @@ def test_an_older_event_asks_for_the_fate_of_a_newer_in_doubt_write_before_it_is
     assert queued_event_ids(redis_client, namespace) == ["e3"]
 
 
-def test_settle_and_repaired_ask_for_the_fates_of_in_doubt_events(
+def test_settle_and_repaired_are_one_call_each_with_a_finished_in_doubt_event(
     ordering: Ordering, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [int(time.time() * 1000)]
@@ -226,9 +222,9 @@ def test_settle_and_repaired_ask_for_the_fates_of_in_doubt_events(
 
     step, repair = ordering.settle("call-1", token="c", lease_ms=1000)
     assert (step, repair) == (Settle.GO, Repair(version=2, tags_json='["v2"]'))
-    assert settle.replies[0] == [b"need", b"fate", b"e1"] and len(settle.calls) == 2
+    assert len(settle.calls) == 1
     ordering.repaired("call-1", repair, checked_ms=clock[0], token="c")
-    assert repaired.replies == [[b"need", b"fate", b"e1"], 1]
+    assert repaired.replies == [1]
     assert ordering.client.zcard(ordering.keys.unsettled("call-1")) == 0
 
 
@@ -412,13 +408,13 @@ def test_a_script_that_keeps_asking_is_given_up_on(namespace: str) -> None:
     asked = iter(range(100))
 
     def greedy(keys: Any = (), args: Any = (), client: Any = None) -> Any:
-        return [b"need", b"fate", str(next(asked)).encode()]
+        return [b"need", b"rec", str(next(asked)).encode()]
 
     with pytest.raises(ScriptKeptAsking, match="after 3 calls"):
         call_asking(greedy, keys, fixed_keys=[], args=[], tries=3)  # type: ignore[arg-type]
 
     def forgetful(keys: Any = (), args: Any = (), client: Any = None) -> Any:
-        return [b"need", b"fate", b"e1"]
+        return [b"need", b"rec", b"e1"]
 
     with pytest.raises(ScriptKeptAsking, match="asked again"):
         call_asking(forgetful, keys, fixed_keys=[], args=[])  # type: ignore[arg-type]

@@ -37,6 +37,10 @@ SMALL_RUNS = {
         *("--backlog", "100", "--outage", "1"),
     ],
     "fake_api_speed.py": ["--seconds", "0.5"],
+    "redis_footprint.py": [
+        *("--events", "400", "--calls", "100", "--queued", "100", "--retries", "20"),
+        *("--dead", "20", "--pool", "threads", "--concurrency", "4"),
+    ],
 }
 
 

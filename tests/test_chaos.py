@@ -251,9 +251,13 @@ def _held(stores: Stores) -> int:
     return sum(int(stores.redis.llen(key)) for key in held)
 
 
+def _fate(stores: Stores, event: dict) -> str | None:
+    return stores.ordering.fate(event["call_id"], event["event_id"])
+
+
 def _whereabouts(stores: Stores, events: list[dict]) -> str:
     """Where the events without a fate are, to make a failure explain itself."""
-    lost = [e["event"] for e in events if stores.ordering.fate(e["event"]["event_id"]) is None]
+    lost = [e["event"] for e in events if _fate(stores, e["event"]) is None]
     lines = [
         f"{len(lost)} events without a fate; queue {stores.redis.llen('chaos')}, "
         f"delayed retries {stores.retries.pending()}, held by workers {_held(stores)}, "
@@ -312,7 +316,7 @@ def _assert_guarantees(
         f"{_longest_regression(calls, by_tags, version):.2f} s"
     )
 
-    fates = Counter(stores.ordering.fate(e["event"]["event_id"]) for e in events)
+    fates = Counter(_fate(stores, e["event"]) for e in events)
 
     # Guarantee 1: exactly one recorded fate per event, and the counters agree.
     assert None not in fates, _whereabouts(stores, events)
@@ -325,10 +329,11 @@ def _assert_guarantees(
     # delivered again (its worker killed between the refusal and the dead letter, or replayed)
     # may instead have lost to a newer version before it reached the API again.
     refused = {by_tags[c.tags[0]]["event_id"] for c in calls if c.answer == PERMANENT_CODE}
+    event_of = {e["event"]["event_id"]: e["event"] for e in events}
     dead = {r.id for r in stores.dead_letters.list(limit=len(events))}
-    assert dead == {e for e in refused if stores.ordering.fate(e) == "dead"}
+    assert dead == {e for e in refused if _fate(stores, event_of[e]) == "dead"}
     outdone = refused - dead
-    assert {stores.ordering.fate(e) for e in outdone} <= {"stale", "superseded"}
+    assert {_fate(stores, event_of[e]) for e in outdone} <= {"stale", "superseded"}
     reasons = {r.reason for r in stores.dead_letters.list(limit=len(events))}
     assert reasons <= {DeadReason.PERMANENT_ERROR}
 

@@ -82,7 +82,7 @@ def test_older_version_never_overwrites_newer(
     assert _begin(ordering, 5, "e5") is Begin.STALE
     assert _begin(ordering, 6, "e6-again") is Begin.STALE
     assert ordering.applied_version("call-1") == 6
-    assert ordering.fate("e5") == "stale"
+    assert ordering.fate("call-1", "e5") == "stale"
     assert counters.snapshot()["stale"] == 2
 
 
@@ -113,7 +113,7 @@ def test_an_event_older_than_a_pending_one_is_parked_then_superseded_when_that_a
     assert _begin(ordering, 9, "e9") is Begin.GO
     _applied(ordering, 9, "e9", token="t")
 
-    assert ordering.fate("e4") == "superseded"
+    assert ordering.fate("call-1", "e4") == "superseded"
     assert counters.snapshot()["superseded"] == 1
     assert redis_client.zcard(ordering.keys.parked("call-1")) == 0
 
@@ -132,11 +132,8 @@ def test_when_the_newer_event_dies_the_best_parked_one_is_requeued(
     assert queued_event_ids(redis_client, namespace) == ["e7"]
     assert _begin(ordering, 7, "e7") is Begin.GO  # e4 is still parked behind it
     _applied(ordering, 7, "e7", token="t")
-    assert (ordering.fate("e4"), ordering.fate("e7"), ordering.fate("e9")) == (
-        "superseded",
-        "applied",
-        "dead",
-    )
+    fates = [ordering.fate("call-1", e) for e in ("e4", "e7", "e9")]
+    assert fates == ["superseded", "applied", "dead"]
     assert {k: v for k, v in counters.snapshot().items() if v} == {
         "applied": 1,
         "superseded": 1,
@@ -292,7 +289,11 @@ def test_a_duplicate_of_a_parked_event_is_parked_once_and_ends_applied_when_put_
     assert _begin(ordering, 3, "e3", token="y") is Begin.GO
     assert _applied(ordering, 3, "e3", token="y")
 
-    assert [ordering.fate(e) for e in ("e2", "e3", "e5")] == ["superseded", "applied", "dead"]
+    assert [ordering.fate("call-1", e) for e in ("e2", "e3", "e5")] == [
+        "superseded",
+        "applied",
+        "dead",
+    ]
     assert {k: v for k, v in counters.snapshot().items() if v} == {
         "applied": 1,
         "superseded": 1,
@@ -422,3 +423,23 @@ def test_a_success_of_an_event_dead_lettered_meanwhile_is_undone_by_a_repair(
     assert ordering.applied_version("call-1") == 3
     step, repair = ordering.settle("call-1", token="d", lease_ms=1000)
     assert step is Settle.GO and repair == Repair(version=3, tags_json='["v3"]')
+
+
+def test_finished_events_are_fields_of_their_calls_fates_hash_not_keys_of_their_own(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    for version in (1, 2, 3):
+        assert _begin(ordering, version, f"e{version}") is Begin.GO
+        assert _applied(ordering, version, f"e{version}", token="t")
+    assert _begin(ordering, 2, "e2-late") is Begin.STALE
+
+    fates = ordering.keys.fates("call-1", "")
+    keys = {key.decode() for key in redis_client.scan_iter(f"{namespace}*")}
+    assert [key for key in keys if "fate" in key] == [fates]
+    assert redis_client.hgetall(fates) == {
+        b"e1": b"applied",
+        b"e2": b"applied",
+        b"e3": b"applied",
+        b"e2-late": b"stale",
+    }
+    assert 0 < redis_client.ttl(fates) <= ordering.fate_ttl

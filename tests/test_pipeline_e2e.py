@@ -249,7 +249,7 @@ def test_replaying_an_older_version_after_a_newer_one_applied_ends_stale(
 
     assert run_cli(worker_env, "dead", "replay", old).returncode == 0
 
-    wait_for(lambda: stores.ordering.fate(old) == "stale", what="the replay judged stale")
+    wait_for(lambda: stores.ordering.fate("call-o", old) == "stale", what="the replay judged stale")
     assert fake_api.tags_of("call-o") == ["new"]
     assert [c.tags for c in fake_api.calls()] == [["old"], ["new"]]
 

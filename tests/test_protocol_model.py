@@ -253,7 +253,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         worker whose lease ran out may (the repair undoes it)."""
         for version, event_id in self.w.landed:
             if version > request.version and (
-                event_id is None or self.ordering.fate(event_id) != "dead"
+                event_id is None or self.ordering.fate(CALL, event_id) != "dead"
             ):
                 raise AssertionError(
                     f"sent v{request.version} after v{version} ({event_id}) had landed"
@@ -288,7 +288,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         counts = {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.outcomes).items()}
         fated = sum(counts.get(f.value, 0) for f in FATES)
         assert fated == sum(
-            self.redis.exists(self.keys.fate(event_id)) for event_id in self.w.events
+            self.redis.hexists(self.keys.fates(CALL, event_id), event_id)
+            for event_id in self.w.events
         )
 
     def teardown(self) -> None:
@@ -347,7 +348,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         raise AssertionError("the queue never emptied")
 
     def _check_the_end(self) -> None:
-        fates = {eid: self.ordering.fate(eid) for eid in self.w.events}
+        fates = {eid: self.ordering.fate(CALL, eid) for eid in self.w.events}
         assert None not in fates.values(), fates
         dead = {eid for eid, fate in fates.items() if fate == "dead"}
         assert dead == {r.id for r in self.dead_letters.list(limit=1000)}

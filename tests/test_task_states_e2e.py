@@ -117,7 +117,7 @@ def test_a_dead_lettered_event_is_a_failure_and_its_message_is_not_redelivered(
     assert "task-succeeded" not in task_events.types(task_id)
     assert stores.dead_letters.count() == 1
     wait_for(lambda: stores.redis.llen(stores.settings.queue) == 0, what="an empty queue")
-    assert stores.ordering.fate(event_id) == "dead"
+    assert stores.ordering.fate("call-flower-dead", event_id) == "dead"
     # Acked, so nothing comes back: exactly one delivery ran. Celery logs it as expected,
     # not as an error with a traceback: the dead letter's own line says what happened.
     assert task_events.types(task_id).count("task-started") == 1
@@ -146,7 +146,7 @@ def test_a_retried_event_is_one_task_that_retries_then_succeeds(
     assert "ServiceUnavailable" in task_events.of(task_id, "task-retried")["exception"]
     # No other task ran for this event: the retries kept its task id.
     assert task_events.tasks_about("call-flower-retry") == {task_id}
-    assert stores.ordering.fate(event_id) == "applied"
+    assert stores.ordering.fate("call-flower-retry", event_id) == "applied"
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])

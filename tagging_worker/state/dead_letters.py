@@ -528,8 +528,8 @@ class DeadLetterStore:
             keys,
             max_records=settings.dead_letter_max_records,
             max_event_bytes=settings.dead_letter_max_raw_bytes,
-            fate_ttl=settings.fate_ttl_seconds,
-            version_ttl=settings.version_ttl_seconds,
+            fate_ttl=settings.fate_ttl,
+            version_ttl=settings.version_ttl,
             queue=settings.queue,
         )
 
@@ -627,7 +627,7 @@ class DeadLetterStore:
             fixed_keys=[
                 k.dead_all,
                 k.dead_record(record.id),
-                k.fate(record.id),
+                k.fates(record.letter.call_id, record.id),
                 k.outcomes,
                 k.applied(call_id),
                 k.tags(call_id),
@@ -875,7 +875,7 @@ class DeadLetterStore:
             fixed_keys=[
                 k.dead_all,
                 k.dead_record(record_id),
-                k.fate(event_id or record_id),
+                k.fates(call_id, event_id or record_id),
                 k.outcomes,
                 pending,
                 k.applied(call_id) if call_id is not None else "",

@@ -86,9 +86,12 @@ class Keys:
         """The one-writer-at-a-time lock of the call (value: the holder's token)."""
         return self._k("call", call_id, "lease")
 
-    def fate(self, event_id: str) -> str:
-        """How the event ended; set once."""
-        return self._k("fate", event_id)
+    def fates(self, call_id: str | None, event_id: str) -> str:
+        """Hash: how events ended (`applied`, `stale`, `superseded` or `dead`), by event id, set
+        once each. One per call holds the fates of all its events, so the scripts that hold a
+        call's keys hold every fate they look at, and a finished event costs a hash field, not a
+        key. An event without a call (too broken to name one) has a hash of its own."""
+        return self._k("call", call_id, "fates") if call_id else self._k("fate", event_id)
 
     @property
     def settle_index(self) -> str:

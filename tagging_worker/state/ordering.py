@@ -17,16 +17,15 @@ newer one, and a write whose outcome is unknown may still land later. Per call, 
   a newer version already applied (its lease had run out) asks for a repair at once;
 - `clock`: the last default version handed out, so default versions never tie.
 
-Per event, a `fate` key (set once, with a TTL) records its outcome, so a redelivered or
-duplicated message is recognised and the outcome counters count every event exactly once; a
-dead letter is stored in the same step as its fate. Each step is one Lua script
-(`lua/ordering_*.lua`); nothing is read in one round trip and written in another.
+- `fates`: how each of its events ended, set once per event id, so a redelivered or
+  duplicated message is recognised and the outcome counters count every event exactly once.
+  Kept with the call rather than a key per event: a finished event costs a hash field, and the
+  fates a step looks at (the parked events a success supersedes, the events of in-doubt
+  entries) are all in a key the script was given. A dead letter is stored in the same step as
+  its fate.
 
-Every key a script touches arrives in KEYS. Some keys only the script can find out: the fates
-of the parked events a success supersedes, and of the events of in-doubt entries. Those it asks
-for (`call_asking`): before writing anything it replies `{'need', 'fate', <event id>, ...}`,
-and is called again with those keys appended to KEYS (named in ARGV). With nothing parked or in
-doubt, a step is one call.
+Each step is one Lua script (`lua/ordering_*.lua`) and one call; nothing is read in one round
+trip and written in another. Every key a script touches arrives in KEYS.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from tagging_worker.state import scripts
 from tagging_worker.state.dead_letters import DeadLetterStore, DeadRecord
 from tagging_worker.state.keys import Keys
 from tagging_worker.state.outcomes import Outcome
-from tagging_worker.state.scripts import call_asking
 
 
 class Begin(str, Enum):
@@ -190,20 +188,17 @@ class Ordering:
         token: str,
         lease_ms: int,
     ) -> Begin:
-        """See `ordering_begin.lua`; the fates of the events of newer in-doubt entries are
-        asked for."""
+        """See `ordering_begin.lua`."""
         k = self.keys
         now = _now_ms()
-        reply = call_asking(
-            self._begin,
-            k,
-            fixed_keys=[
+        reply = self._begin(
+            keys=[
                 k.applied(call_id),
                 k.pending(call_id),
                 k.parked(call_id),
                 k.parked_messages(call_id),
                 k.lease(call_id),
-                k.fate(event_id),
+                k.fates(call_id, event_id),
                 k.outcomes,
                 k.unsettled(call_id),
                 k.settle_index,
@@ -227,13 +222,11 @@ class Ordering:
         self, call_id: str, version: int, event_id: str, tags_json: str, *, token: str
     ) -> Recorded:
         """Record a success; its fate is `stale` when a newer version was already applied
-        (this write landed on top of it, and a repair is asked for at once). The fates of the
-        parked events it supersedes are asked for (see `ordering_applied.lua`)."""
+        (this write landed on top of it, and a repair is asked for at once); the parked events
+        it supersedes get theirs (see `ordering_applied.lua`)."""
         k = self.keys
-        reply = call_asking(
-            self._applied,
-            k,
-            fixed_keys=[
+        reply = self._applied(
+            keys=[
                 *self._event_keys(call_id, event_id),
                 k.unsettled(call_id),
                 k.dead_by_call(call_id),
@@ -258,15 +251,14 @@ class Ordering:
         and says what to write (itself written down as in doubt until it is answered)."""
         k = self.keys
         now = _now_ms()
-        reply = call_asking(
-            self._settle,
-            k,
-            fixed_keys=[
+        reply = self._settle(
+            keys=[
                 k.applied(call_id),
                 k.tags(call_id),
                 k.unsettled(call_id),
                 k.lease(call_id),
                 k.settle_index,
+                k.fates(call_id, ""),
             ],
             args=[now, token, lease_ms, call_id, self.version_ttl, now + lease_ms + self.settle_ms],
         )
@@ -278,15 +270,14 @@ class Ordering:
         """The applied tags were written again (or the API refused them for good, `failed`):
         what could land before `checked_ms` needs no further repair."""
         k = self.keys
-        call_asking(
-            self._repaired,
-            k,
-            fixed_keys=[
+        self._repaired(
+            keys=[
                 k.unsettled(call_id),
                 k.lease(call_id),
                 k.outcomes,
                 k.settle_index,
                 k.applied(call_id),
+                k.fates(call_id, ""),
             ],
             args=[
                 checked_ms,
@@ -346,9 +337,10 @@ class Ordering:
 
     def finish(self, event_id: str, outcome: Outcome, record: DeadRecord | None = None) -> bool:
         """A fate outside any call's ordering (an event too broken to have a call), with its
-        dead letter when it has one; False if the event already had a fate."""
+        dead letter when it has one; False if the event already had a fate. The fate goes
+        where a replay of the record looks for it: with the record's call, if it names one."""
         k = self.keys
-        keys = [k.fate(event_id), k.outcomes]
+        keys = [k.fates(record.letter.call_id if record else None, event_id), k.outcomes]
         args: list[str | int] = [outcome.value, self.fate_ttl, event_id]
         if record is not None:
             keys += DeadLetterStore.record_keys(k, record)
@@ -378,7 +370,7 @@ class Ordering:
             k.parked(call_id),
             k.parked_messages(call_id),
             k.lease(call_id),
-            k.fate(event_id),
+            k.fates(call_id, event_id),
             k.outcomes,
         ]
 
@@ -386,8 +378,8 @@ class Ordering:
         raw = self.client.get(self.keys.applied(call_id))
         return int(raw) if raw is not None else None
 
-    def fate(self, event_id: str) -> str | None:
-        raw = self.client.get(self.keys.fate(event_id))
+    def fate(self, call_id: str | None, event_id: str) -> str | None:
+        raw = self.client.hget(self.keys.fates(call_id, event_id), event_id)
         return raw.decode() if raw is not None else None
 
 

@@ -43,7 +43,6 @@ class ScriptKeptAsking(RuntimeError):
 
 
 _TOLD: dict[str, Callable[[Keys, str], str]] = {
-    "fate": Keys.fate,
     "rec": Keys.dead_record,
     "reason": Keys.dead_by_reason,
     "call": Keys.dead_by_call,

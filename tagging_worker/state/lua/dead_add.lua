@@ -4,7 +4,7 @@
 -- fate becomes dead if it had none, so the counters count it once and a replay gives the fate
 -- back, and its call's version is kept as long as the record. The indexes of a record it
 -- replaces and of the records trimming drops are asked for (see told_keys).
--- KEYS[1]: all dead letters   KEYS[2]: the record   KEYS[3]: the event's fate
+-- KEYS[1]: all dead letters   KEYS[2]: the record   KEYS[3]: the event's fates
 -- KEYS[4]: outcomes   KEYS[5]: the call's applied version   KEYS[6]: the call's tags
 -- KEYS[7]: the dead letters of the record's reason   KEYS[8]: of its call
 -- KEYS[9]: of its error code (not touched without one)   KEYS[10...]: the keys told
@@ -21,14 +21,14 @@ tell(told, 'reason', ARGV[3], KEYS[7])
 tell(told, 'call', ARGV[4], KEYS[8])
 if ARGV[5] ~= '' then tell(told, 'code', ARGV[5], KEYS[9]) end
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
-local fate = redis.call('GET', KEYS[3])
+local fate = redis.call('HGET', KEYS[3], id)
 if fate and fate ~= 'dead' then return {'settled'} end
 local old = redis.call('HMGET', KEYS[2], 'reason', 'call_id', 'code')
 ask_index_keys(told, asked, old[1], old[2], old[3])
 ask_record_keys(told, asked, trim_ids(KEYS[1], ARGV[7], id))
 if #asked > 1 then return asked end
 if not fate then
-  redis.call('SET', KEYS[3], 'dead', 'EX', ARGV[9])
+  set_fate(KEYS[3], id, 'dead', ARGV[9])
   redis.call('HINCRBY', KEYS[4], 'dead', 1)
 end
 unindex_record(told, id, old[1], old[2], old[3])

@@ -6,7 +6,8 @@
 -- version are dropped: a repair must not write them), and expires again once the call has no
 -- dead letter left. The caller tells the index keys of the record as it read it; if the record
 -- changed since, the right ones are asked for (see told_keys).
--- KEYS[1]: all dead letters   KEYS[2]: the record   KEYS[3]: the event's fate   KEYS[4]: outcomes
+-- KEYS[1]: all dead letters   KEYS[2]: the record   KEYS[3]: the event's fates (its field: the
+--   event id, or the record id when it has none)   KEYS[4]: outcomes
 -- KEYS[5]: the pending set the version is registered in ('' for none)
 -- KEYS[6]: the call's applied version, KEYS[7]: its tags, KEYS[8]: its dead letters ('' each
 --   when the record has no call)
@@ -37,7 +38,8 @@ if KEYS[6] ~= '' then
   end
 end
 if KEYS[9] == '' then return 'taken' end
-if redis.call('DEL', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
+local event = ARGV[4] ~= '' and ARGV[4] or ARGV[1]
+if redis.call('HDEL', KEYS[3], event) == 1 then redis.call('HINCRBY', KEYS[4], 'dead', -1) end
 redis.call('HINCRBY', KEYS[4], 'replayed', 1)
 if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4]) end
 redis.call('LPUSH', KEYS[9], ARGV[2])

@@ -196,10 +196,8 @@ local function requeue_counted(raw, queue, counts, limit, ttl, push)
 end
 
 -- The ask protocol. Every key a script touches arrives in KEYS; a script that finds out only as
--- it runs which keys it needs (the fates of parked or in-doubt events, the records trimming
--- drops and their indexes) is told them. The caller appends them to KEYS and names them in
--- ARGV from a set place on: their count n, then the kind ('fate', 'rec', 'reason', 'call',
--- 'code') and name (event or record id, reason, call id, code) of each, in the order of the
+-- it runs which keys it needs (the records trimming drops and their indexes) is told them. The caller appends them to KEYS and names them in
+-- ARGV from a set place on: their count n, then the kind ('rec', 'reason', 'call', 'code') and name (event or record id, reason, call id, code) of each, in the order of the
 -- last n KEYS. Before it writes anything, the script adds what it needs and was not told to
 -- `asked`, a reply {'need', kind, name, ...} it returns if anything is in it; the caller then
 -- calls again with those keys as well.
@@ -263,6 +261,17 @@ local function reindex_settle(unsettled, index, call)
   end
 end
 
+-- Fates: a hash of event id -> 'applied', 'stale', 'superseded' or 'dead', one per call (the
+-- fates of its events, so a script holding the call's keys holds every fate it may need) or
+-- one per event that has no call. Each is set once; the hash lasts `ttl` after its last write.
+
+-- Gives `event` its fate unless it has one; whether it did.
+local function set_fate(fates, event, fate, ttl)
+  if redis.call('HSETNX', fates, event, fate) == 0 then return false end
+  redis.call('EXPIRE', fates, ttl)
+  return true
+end
+
 -- Members of `unsettled` are '<version>:<writer's token>:<event id>' (no event for a repair,
 -- which writes a version already applied). An entry whose event has no fate yet is that
 -- event's business: it will be written again or die. A newer one may have landed, so nothing
@@ -272,35 +281,26 @@ local function in_doubt_entry(member)
   return v, event
 end
 
--- Whether an in-doubt entry's event has finished (a repair's always has); nil when its fate
--- was not told (it is asked for).
-local function in_doubt_finished(told, asked, event)
-  if event == '' then return true end
-  local fate = told_key(told, asked, 'fate', event)
-  if not fate then return nil end
-  return redis.call('EXISTS', fate) == 1
+-- Whether an in-doubt entry's event has finished (a repair's always has).
+local function in_doubt_finished(fates, event)
+  return event == '' or redis.call('HEXISTS', fates, event) == 1
 end
 
--- Whether a version newer than `version` is in doubt with its event unfinished (right only
--- when nothing was asked for).
-local function newer_in_doubt(told, asked, unsettled, version)
-  local found = false
+-- Whether a version newer than `version` is in doubt with its event unfinished.
+local function newer_in_doubt(fates, unsettled, version)
   for _, member in ipairs(redis.call('ZRANGE', unsettled, 0, -1)) do
     local v, event = in_doubt_entry(member)
-    if tonumber(v) > version and in_doubt_finished(told, asked, event) == false then
-      found = true
-    end
+    if tonumber(v) > version and not in_doubt_finished(fates, event) then return true end
   end
-  return found
+  return false
 end
 
--- The entries that can no longer land by `now` and whose events have finished (complete only
--- when nothing was asked for).
-local function settleable(told, asked, unsettled, now)
+-- The entries that can no longer land by `now` and whose events have finished.
+local function settleable(fates, unsettled, now)
   local found = {}
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', unsettled, '-inf', now)) do
     local _, event = in_doubt_entry(member)
-    if in_doubt_finished(told, asked, event) then found[#found + 1] = member end
+    if in_doubt_finished(fates, event) then found[#found + 1] = member end
   end
   return found
 end

@@ -2,7 +2,7 @@
 -- puts the best parked older event back on the queue, unless something at least as new is
 -- applied or still pending (the API must end with the newest version not dead-lettered).
 -- KEYS[1]: applied   KEYS[2]: tags   KEYS[3]: pending   KEYS[4]: parked
--- KEYS[5]: parked messages   KEYS[6]: lease   KEYS[7]: the event's fate   KEYS[8]: outcomes
+-- KEYS[5]: parked messages   KEYS[6]: lease   KEYS[7]: the call's fates   KEYS[8]: outcomes
 -- KEYS[9]: the queue   KEYS[10]: unsettled   KEYS[11]: settle index
 -- KEYS[12]: the dead letters of the record's call   KEYS[13]: all dead letters
 -- KEYS[14]: the record   KEYS[15]: the dead letters of its reason   KEYS[16]: of its error code
@@ -22,7 +22,7 @@ end
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
 redis.call('HDEL', KEYS[5], id)
-if not redis.call('SET', KEYS[7], 'dead', 'NX', 'EX', ARGV[3]) then return 'duplicate' end
+if not set_fate(KEYS[7], id, 'dead', ARGV[3]) then return 'duplicate' end
 redis.call('HINCRBY', KEYS[8], 'dead', 1)
 store_record(KEYS[13], KEYS[14], KEYS[15], KEYS[12], KEYS[16], id, ARGV[7], ARGV[8],
              ARGV[9], ARGV[10], ARGV[11])
