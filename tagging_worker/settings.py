@@ -73,6 +73,21 @@ class Settings(BaseSettings):
         default=None,
         description="With a sentinel:// broker URL: the name of the master the sentinels watch.",
     )
+    redis_publish_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="A publish returns only once this many replicas have the events (Redis "
+        "WAIT), so a failover cannot lose what a producer was told is queued. Default: 1 "
+        "with a sentinel:// broker URL, 0 (no wait) otherwise.",
+    )
+    redis_publish_replica_timeout_ms: int = Field(
+        default=2000,
+        ge=1,
+        le=60_000,
+        description="How long a publish waits for the replicas before it fails, saying the "
+        "events may be lost and can be published again (duplicates are recognised).",
+    )
     key_prefix: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     queue: str = Field(default="tagging", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
 
@@ -296,6 +311,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def publish_replicas(self) -> int:
+        """TAGGING_REDIS_PUBLISH_REPLICAS, or its default for the broker URL."""
+        if self.redis_publish_replicas is not None:
+            return self.redis_publish_replicas
+        return 1 if self.broker_url.startswith("sentinel://") else 0
+
+    @property
     def arrival_window_seconds(self) -> int:
         """How long after an event was first seen a copy of it can still arrive: its retries
         end by its max age, a request of unknown outcome can land until the settle time after
@@ -385,6 +407,8 @@ ENV_EXAMPLE_HEADER = """\
 # Sentry, optional: SENTRY_DSN=... and SENTRY_ENVIRONMENT=production.
 # Redis through Sentinel: TAGGING_BROKER_URL=sentinel://host1:26379;sentinel://host2:26379
 # and TAGGING_REDIS_SENTINEL_MASTER=<master name>.
+# Publishes wait for TAGGING_REDIS_PUBLISH_REPLICAS replicas to have the events (Redis WAIT):
+# 1 by default under Sentinel, 0 (no wait) otherwise.
 """
 
 

@@ -35,7 +35,11 @@ from tagging_worker.ops.doctor import run_doctor
 from tagging_worker.ops.status import gather, live_workers
 from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import Pool
-from tagging_worker.state.connection import WritesRefused, write_refusal_cause
+from tagging_worker.state.connection import (
+    WritesNotReplicated,
+    WritesRefused,
+    write_refusal_cause,
+)
 
 cli = typer.Typer(
     help="Apply tag-update events to Alibaba Cloud UpdateOutboundCallTags.",
@@ -51,7 +55,7 @@ cli.add_typer(circuit, name="circuit")
 def main() -> None:
     try:
         cli()
-    except WritesRefused as exc:
+    except (WritesRefused, WritesNotReplicated) as exc:
         err.print(f"tagging-worker: {exc}", markup=False)
         raise SystemExit(1) from None
     except redis.RedisError as exc:

@@ -23,19 +23,33 @@ from tagging_worker.errors import InvalidEvent
 from tagging_worker.event import EventLimits, TagUpdate, require_object, validate_event
 from tagging_worker.messages import build_task_message
 from tagging_worker.settings import Settings, load_settings
-from tagging_worker.state.connection import WritesRefused, refused_writes
+from tagging_worker.state.connection import WritesNotReplicated, WritesRefused, refused_writes
 from tagging_worker.state.ordering import Ordering
 from tagging_worker.state.stores import Stores
 
 
 class Publisher:
-    def __init__(self, ordering: Ordering, *, limits: EventLimits) -> None:
+    def __init__(
+        self,
+        ordering: Ordering,
+        *,
+        limits: EventLimits,
+        replicas: int = 0,
+        replica_timeout_ms: int = 2000,
+    ) -> None:
         self._ordering = ordering
         self._limits = limits
+        self._replicas = replicas
+        self._replica_timeout_ms = replica_timeout_ms
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
-        return cls(Stores.connect(settings).ordering, limits=settings.event_limits)
+        return cls(
+            Stores.connect(settings).ordering,
+            limits=settings.event_limits,
+            replicas=settings.publish_replicas,
+            replica_timeout_ms=settings.redis_publish_replica_timeout_ms,
+        )
 
     def publish(self, event: Mapping[str, Any], *, validate: bool = True) -> str:
         """Queue one event; returns its `event_id`.
@@ -50,18 +64,28 @@ class Publisher:
         self, events: Iterable[Mapping[str, Any]], *, validate: bool = True, chunk: int = 1000
     ) -> list[str]:
         """Every event is checked before any is sent; then they are pipelined in chunks.
-        Raises `WritesRefused` when Redis is full or read-only, saying how many went out."""
+        Raises `WritesRefused` when Redis is full or read-only, and `WritesNotReplicated`
+        when fewer replicas than asked confirmed a chunk in time, saying how many went out."""
         prepared = [self._prepare(event, validate) for event in events]
         for start in range(0, len(prepared), chunk):
+            sent = f"{start} of {len(prepared)} events were published" if start else "none"
             try:
-                self._send(prepared[start : start + chunk])
+                confirmed = self._send(prepared[start : start + chunk])
             except redis.exceptions.ResponseError as exc:
                 cause = refused_writes(exc)
-                sent = f"{start} of {len(prepared)} events were published" if start else "none"
                 raise WritesRefused(f"Redis refuses writes ({sent}): {cause}") from exc
+            if confirmed < self._replicas:
+                raise WritesNotReplicated(
+                    f"Redis took events {start + 1} to {min(start + chunk, len(prepared))} but "
+                    f"{confirmed} of {self._replicas} replicas had them after "
+                    f"{self._replica_timeout_ms} ms ({sent} before them): a failover now would "
+                    "lose them; publish them again (duplicates are recognised by event_id)"
+                )
         return [str(full["event_id"]) for full, _ in prepared]
 
-    def _send(self, prepared: list[tuple[dict[str, Any], TagUpdate | None]]) -> None:
+    def _send(self, prepared: list[tuple[dict[str, Any], TagUpdate | None]]) -> int:
+        """Queues the events in one round trip; how many replicas confirmed them (WAIT), or
+        the number asked for when none are."""
         batch = self._with_default_versions(prepared)
         pipe = self._ordering.client.pipeline(transaction=False)
         for full, update in batch:
@@ -72,7 +96,10 @@ class Publisher:
                 self._ordering.publish(
                     update.call_id, update.version, update.event_id, message, pipe=pipe
                 )
-        pipe.execute()
+        if self._replicas:
+            pipe.wait(self._replicas, self._replica_timeout_ms)
+        replies = pipe.execute()
+        return int(replies[-1]) if self._replicas else 0
 
     def _prepare(
         self, event: Mapping[str, Any], validate: bool

@@ -23,6 +23,11 @@ class WritesRefused(redis.exceptions.RedisError):
     so code that handles Redis trouble handles this too."""
 
 
+class WritesNotReplicated(redis.exceptions.RedisError):
+    """Redis took writes that fewer replicas than asked confirmed in time: a failover now would
+    lose them. A `RedisError`, so code that handles Redis trouble handles this too."""
+
+
 def write_refusal_cause(exc: BaseException) -> str | None:
     """Why Redis refused a write, said so an operator can fix it; None for other errors."""
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
