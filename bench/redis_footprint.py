@@ -69,8 +69,8 @@ def used(client: redis.Redis) -> int:
 def family_of(key: str, prefix: str) -> str:
     """The key's shape with its event, call or record id replaced by `*`."""
     parts = key.removeprefix(prefix + ":").split(":")
-    if parts[0] in ("fate", "received"):
-        return f"{parts[0]}:*"
+    if parts[0] == "fate":
+        return "fate:*"
     if parts[0] == "call":
         return ":".join(["call", "*", *parts[2:]])
     if parts[0] == "dead" and len(parts) > 2:
@@ -252,7 +252,7 @@ def main() -> None:
 
 def window(family: str, settings: Settings) -> int:
     """How long a key of `family` outlives its call's last event (s); 0 for fixed keys."""
-    if family in ("call:*:fates", "fate:*", "received:*"):
+    if family in ("call:*:fates", "call:*:received", "fate:*"):
         return settings.fate_ttl
     return settings.version_ttl if family.startswith("call:") else 0
 

@@ -298,7 +298,7 @@ def _assert_guarantees(
     version = {
         e["event_id"]: e.get("version")
         if "version" in e
-        else int(stores.redis.get(stores.keys.received(e["event_id"])))
+        else int(stores.redis.hget(stores.keys.received(e["call_id"]), e["event_id"]))
         for e in (x["event"] for x in events)
     }
     late = [c for c in calls if c.answer == "OK-LATE"]

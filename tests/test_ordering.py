@@ -317,6 +317,23 @@ def test_a_version_given_at_receipt_is_kept_for_every_later_copy(ordering: Order
     assert ordering.version_at_receipt("call-1", "e1") == first < later
 
 
+def test_versions_given_at_receipt_are_fields_of_one_hash_per_call(
+    ordering: Ordering, redis_client: redis.Redis, namespace: str
+) -> None:
+    first = ordering.version_at_receipt("call-1", "e1")
+    second = ordering.version_at_receipt("call-1", "e2")
+
+    received = ordering.keys.received("call-1")
+    assert redis_client.hgetall(received) == {
+        b"e1": str(first).encode(),
+        b"e2": str(second).encode(),
+    }
+    assert [k for k in redis_client.scan_iter(f"{namespace}*") if b"received" in k] == [
+        received.encode()
+    ]
+    assert 0 < redis_client.ttl(received) <= ordering.fate_ttl
+
+
 def test_a_calls_version_outlives_its_dead_letters_and_then_expires_again(
     ordering: Ordering, redis_client: redis.Redis, namespace: str
 ) -> None:

@@ -372,7 +372,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def _version_of(self, event_id: str) -> int:
         version = self.w.events[event_id].get("version")
         if version is None:
-            version = int(self.redis.get(self.keys.received(event_id)))
+            version = int(self.redis.hget(self.keys.received(CALL), event_id))
         return version
 
 

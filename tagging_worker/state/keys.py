@@ -78,9 +78,10 @@ class Keys:
         """The last default version given to an event of the call, so defaults never tie."""
         return self._k("call", call_id, "clock")
 
-    def received(self, event_id: str) -> str:
-        """The version given at first receipt to an event that came without one."""
-        return self._k("received", event_id)
+    def received(self, call_id: str) -> str:
+        """Hash: the version given at first receipt to each of the call's events that came
+        without one, by event id."""
+        return self._k("call", call_id, "received")
 
     def lease(self, call_id: str) -> str:
         """The one-writer-at-a-time lock of the call (value: the holder's token)."""

@@ -1,4 +1,4 @@
-"""Newest wins, and every event gets exactly one fate: the per-call and per-event state in Redis.
+"""Newest wins, and every event gets exactly one fate: the per-call state in Redis.
 
 The API replaces a call's whole tag list, so an older version must never be written after a
 newer one, and a write whose outcome is unknown may still land later. Per call, Redis keeps:
@@ -15,8 +15,8 @@ newer one, and a write whose outcome is unknown may still land later. Per call, 
   until the API can no longer apply it; when that time has passed and the call's applied
   version is another one, the applied tags are written again (a *repair*). A success that finds
   a newer version already applied (its lease had run out) asks for a repair at once;
-- `clock`: the last default version handed out, so default versions never tie.
-
+- `clock`: the last default version handed out, so default versions never tie, and
+  `received`: the version each event that came without one was given at its first receipt;
 - `fates`: how each of its events ended, set once per event id, so a redelivered or
   duplicated message is recognised and the outcome counters count every event exactly once.
   Kept with the call rather than a key per event: a finished event costs a hash field, and the
@@ -157,8 +157,8 @@ class Ordering:
         call's clock and remembered, so a redelivered or retried copy keeps its place."""
         return int(
             self._receive(
-                keys=[self.keys.received(event_id), self.keys.clock(call_id)],
-                args=[self.fate_ttl, self.version_ttl],
+                keys=[self.keys.received(call_id), self.keys.clock(call_id)],
+                args=[self.fate_ttl, self.version_ttl, event_id],
             )
         )
 
