@@ -74,6 +74,16 @@ def fake_api() -> Iterator[FakeAlibabaApi]:
     api.stop()
 
 
+@pytest.fixture
+def slow_api() -> Iterator[FakeAlibabaApi]:
+    """Each call takes 150 ms, so a worker always has tasks in flight when Redis goes."""
+    from tagging_worker.alibaba.fake_server import FakeAlibabaApi
+
+    api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, latency_ms=150).start()
+    yield api
+    api.stop()
+
+
 def worker_env_for(broker_url: str, namespace: str, endpoint: str) -> dict[str, str]:
     """Settings for a worker pointed at a test's Redis keys and fake API, with short
     retry delays and circuit cool-downs so those paths finish in a test's time, a budget

@@ -26,8 +26,6 @@ from tagging_worker.settings import load_settings
 from tagging_worker.state.connection import WritesRefused
 from tagging_worker.state.stores import Stores
 from tests.conftest import (
-    ACCESS_KEY_ID,
-    ACCESS_KEY_SECRET,
     OwnRedis,
     WorkerProcess,
     free_port,
@@ -40,14 +38,6 @@ from tests.conftest import (
 pytestmark = pytest.mark.e2e
 
 EVENTS = 80
-
-
-@pytest.fixture
-def slow_api() -> Iterator[FakeAlibabaApi]:
-    """Each call takes 150 ms, so a worker always has tasks in flight when Redis goes."""
-    api = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, latency_ms=150).start()
-    yield api
-    api.stop()
 
 
 @dataclass

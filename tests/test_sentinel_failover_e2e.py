@@ -24,8 +24,6 @@ from tagging_worker.produce.publish import Publisher
 from tagging_worker.settings import load_settings
 from tagging_worker.state.stores import Stores
 from tests.conftest import (
-    ACCESS_KEY_ID,
-    ACCESS_KEY_SECRET,
     OwnRedis,
     WorkerProcess,
     free_port,
@@ -37,14 +35,6 @@ pytestmark = pytest.mark.e2e
 
 MASTER = "tw-master"
 BATCH = 10
-
-
-@pytest.fixture
-def api() -> Iterator[FakeAlibabaApi]:
-    """Each call takes 100 ms, so the worker has tasks in flight when the master changes."""
-    fake = FakeAlibabaApi(credentials={ACCESS_KEY_ID: ACCESS_KEY_SECRET}, latency_ms=100).start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -124,12 +114,15 @@ def _master(sentinel: redis.Redis) -> object:
 def test_a_failover_under_load_loses_no_event_a_publisher_was_told_is_queued(
     pool: str,
     sentinel: tuple[str, redis.Redis],
-    api: FakeAlibabaApi,
+    slow_api: FakeAlibabaApi,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, watcher = sentinel
-    env = {**worker_env_for(url, "failover", api.endpoint), "TAGGING_REDIS_SENTINEL_MASTER": MASTER}
+    env = {
+        **worker_env_for(url, "failover", slow_api.endpoint),
+        "TAGGING_REDIS_SENTINEL_MASTER": MASTER,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     stores = Stores.connect(load_settings())
@@ -140,7 +133,7 @@ def test_a_failover_under_load_loses_no_event_a_publisher_was_told_is_queued(
     try:
         wait_for(lambda: "ready." in worker.log(), what="the worker ready")
         producer.start()
-        wait_for(lambda: api.tags_of("call-40") is not None, what="events applied")
+        wait_for(lambda: slow_api.tags_of("call-40") is not None, what="events applied")
         before = _master(watcher)
 
         watcher.execute_command("SENTINEL", "FAILOVER", MASTER)
@@ -152,7 +145,7 @@ def test_a_failover_under_load_loses_no_event_a_publisher_was_told_is_queued(
         producer.join(10)
         confirmed = producer.confirmed
         wait_for(
-            lambda: all(api.tags_of(f"call-{i}") == [f"t{i}"] for i in confirmed),
+            lambda: all(slow_api.tags_of(f"call-{i}") == [f"t{i}"] for i in confirmed),
             timeout=120,
             what="every confirmed event applied",
         )
