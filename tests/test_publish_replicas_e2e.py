@@ -97,16 +97,31 @@ def test_a_publish_no_replica_confirms_fails_saying_the_events_may_be_lost(
     publisher = _publisher(env, monkeypatch)
     replica[0].send_signal(signal.SIGSTOP)
 
-    with pytest.raises(WritesNotReplicated, match="0 of 1 replicas had them after 300 ms"):
+    with pytest.raises(WritesNotReplicated, match="0 of 1 replicas had events 1 to 2 after 300 ms"):
         publisher.publish_many([{"call_id": f"call-{n}", "tags": ["x"]} for n in range(3)], chunk=2)
     published = run_cli(env, "publish", "--call-id", "call-cli", "--tag", "x")
 
     assert published.returncode == 1
     assert "a failover now would lose them" in published.stderr, published.stderr
     assert "publish them again" in published.stderr
+    assert "the master has 1 replicas connected" in published.stderr
     replica[0].send_signal(signal.SIGCONT)
     stores = Stores.connect(load_settings())
     assert stores.redis.llen("unreplicated") == 3  # the master has them: only unconfirmed
+
+
+def test_a_publish_waiting_on_a_master_without_replicas_says_it_has_none(
+    own_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _env(
+        own_redis,
+        "lone",
+        TAGGING_REDIS_PUBLISH_REPLICAS="1",
+        TAGGING_REDIS_PUBLISH_REPLICA_TIMEOUT_MS="100",
+    )
+
+    with pytest.raises(WritesNotReplicated, match="the master has 0 replicas connected"):
+        _publisher(env, monkeypatch).publish({"call_id": "call-1", "tags": ["x"]})
 
 
 def test_a_publish_that_waits_for_no_replica_does_not_wait(

@@ -88,6 +88,7 @@ def test_the_worker_finds_its_redis_through_sentinel_and_status_finds_the_worker
     through_sentinel = {
         "TAGGING_BROKER_URL": sentinel,
         "TAGGING_REDIS_SENTINEL_MASTER": "tw-master",
+        "TAGGING_REDIS_PUBLISH_REPLICAS": "0",  # this sentinel watches a master without replicas
     }
     _publish_and_settle(worker_env, fake_api, start_worker, **through_sentinel)
 

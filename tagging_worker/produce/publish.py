@@ -76,10 +76,12 @@ class Publisher:
                 raise WritesRefused(f"Redis refuses writes ({sent}): {cause}") from exc
             if confirmed < self._replicas:
                 raise WritesNotReplicated(
-                    f"Redis took events {start + 1} to {min(start + chunk, len(prepared))} but "
-                    f"{confirmed} of {self._replicas} replicas had them after "
-                    f"{self._replica_timeout_ms} ms ({sent} before them): a failover now would "
-                    "lose them; publish them again (duplicates are recognised by event_id)"
+                    f"{confirmed} of {self._replicas} replicas had events {start + 1} to "
+                    f"{min(start + chunk, len(prepared))} after {self._replica_timeout_ms} ms "
+                    f"({sent} before them; the master has {self._connected_replicas()} "
+                    "replicas connected): a failover now would lose them, so publish them "
+                    "again (duplicates are recognised by event_id). "
+                    "TAGGING_REDIS_PUBLISH_REPLICAS sets how many replicas a publish waits for"
                 )
         return [str(full["event_id"]) for full, _ in prepared]
 
@@ -100,6 +102,14 @@ class Publisher:
             pipe.wait(self._replicas, self._replica_timeout_ms)
         replies = pipe.execute()
         return int(replies[-1]) if self._replicas else 0
+
+    def _connected_replicas(self) -> int | str:
+        """For the message of a publish the replicas did not confirm: none connected is a
+        set-up to fix, some that lag is a moment to wait out."""
+        try:
+            return int(self._ordering.client.info("replication")["connected_slaves"])
+        except (redis.RedisError, KeyError, ValueError):
+            return "unknown"
 
     def _prepare(
         self, event: Mapping[str, Any], validate: bool
