@@ -86,8 +86,8 @@ class Publisher:
         return [str(full["event_id"]) for full, _ in prepared]
 
     def _send(self, prepared: list[tuple[dict[str, Any], TagUpdate | None]]) -> int:
-        """Queues the events in one round trip; how many replicas confirmed them (WAIT), or
-        the number asked for when none are."""
+        """Queues the events in one round trip; how many replicas confirmed them (WAIT, in
+        the same pipeline), or 0 when no replica is asked for."""
         batch = self._with_default_versions(prepared)
         pipe = self._ordering.client.pipeline(transaction=False)
         for full, update in batch:
