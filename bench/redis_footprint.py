@@ -224,7 +224,7 @@ def main() -> None:
     }
 
     print(f"\n`{command_line()}`\n")
-    print(f"Redis {version}, every setting at its default\n")
+    print(f"Redis {version}, every setting at its default but the API budget\n")
     print("| what | Redis bytes | notes |")
     print("|---|---|---|")
     print(
