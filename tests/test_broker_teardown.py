@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis
 from kombu import Connection, Queue
 
@@ -69,15 +70,18 @@ def test_closing_a_half_torn_down_reliable_channel_leaves_its_held_message_for_r
         survivor.drain_events(timeout=10)
     assert taken == [{"n": 1}, {"n": 1}]
     survivor.release()
+    connection.release()
 
 
-def test_a_task_that_ends_after_its_channel_was_torn_down_acks_without_raising(
-    own_redis: OwnRedis,
+@pytest.mark.parametrize("end", ["ack", "reject"])
+def test_a_task_that_ends_after_its_channel_was_torn_down_settles_without_raising(
+    end: str, own_redis: OwnRedis
 ) -> None:
     """A lost connection restores the held messages while their tasks run; each task's ack
     then comes to the old channel, whose connection is gone. kombu's ack would build a client
     from it (AttributeError: Celery's "Unrecoverable error", and the worker exits): the ack
-    takes the message out of the held list instead, so it is not delivered again."""
+    takes the message out of the held list instead, so it is not delivered again. A task
+    whose Redis error became a reject to be delivered again puts it back on the queue, once."""
     options = {"fetch_key_prefix": "fetch", "fetch_heartbeat_ttl": 2}
     connection = Connection(own_redis.url, transport=Transport, transport_options=options)
     queue = Queue("teardown", routing_key="teardown")
@@ -98,7 +102,12 @@ def test_a_task_that_ends_after_its_channel_was_torn_down_acks_without_raising(
     own_redis.start()  # ...and the task ends once Redis is back
 
     [message] = taken
-    message.ack()
+    if end == "ack":
+        message.ack()
+    else:
+        message.reject(requeue=True)
 
     assert not list(client.scan_iter("fetch:teardown:held:*")), "nothing held any more"
-    assert client.llen("teardown") == 1, "the other message is still queued, once"
+    queued = [json.loads(raw)["body"] for raw in client.lrange("teardown", 0, -1)]
+    assert len(queued) == len(set(queued)) == (1 if end == "ack" else 2)
+    connection.release()  # or its fetch keeper goes on renewing it after this Redis is gone

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -149,31 +148,6 @@ def test_closing_gives_held_messages_back_once_in_order_and_retires_the_consumer
     assert _queued(redis_client, namespace) == [{"n": 1}, {"n": 2}, {"n": 3}]
     assert _held(redis_client, namespace) == {}
     assert _consumers(redis_client, namespace) == []
-
-
-@pytest.mark.parametrize("end", ["ack", "reject"])
-def test_a_task_ending_after_its_channel_closed_neither_raises_nor_comes_back_twice(
-    end: str, connect: Callable[[], Connection], namespace: str, redis_client: redis.Redis
-) -> None:
-    """What a lost connection does to a task in flight, reduced to its steps: the channel
-    closes (giving the held message back) while the task runs, then the task acks. kombu's
-    own ack would build a client from the closed channel's connection, now None, and the
-    AttributeError stopped the worker ('Unrecoverable error'); here the ack is no error and
-    the message is on the queue once, for its redelivery to meet the event's fate. The same
-    holds for a task whose Redis error became a reject to be delivered again."""
-    connection = connect()
-    _publish(connection, namespace, {"n": 1})
-    [message] = Inbox(connection, namespace).drain(1)
-
-    message.channel.close()
-    errors = connection.connection_errors
-    if end == "ack":
-        message.ack_log_error(logging.getLogger(__name__), errors)
-    else:
-        message.reject_log_error(logging.getLogger(__name__), errors, requeue=True)
-
-    assert _queued(redis_client, namespace) == [{"n": 1}]
-    assert _held(redis_client, namespace) == {}
 
 
 def test_a_dead_consumers_messages_go_back_once_in_the_order_it_took_them(
